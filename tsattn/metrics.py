@@ -1,0 +1,71 @@
+"""Forecast losses and metrics.
+
+All functions take tensors whose leading dimensions are (batch, horizon, channels); quantile forecasts carry a
+trailing quantile dimension Q. Reductions are plain means over every element, which equals the benchmark
+protocol's average over windows x steps x channels when all windows have the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PinballLoss", "coverage", "mae", "mase", "mse", "pinball_loss", "smape"]
+
+
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over all elements."""
+    return torch.mean((pred - target) ** 2)
+
+
+def mae(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error over all elements."""
+    return torch.mean(torch.abs(pred - target))
+
+
+def smape(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Symmetric MAPE in percent, 200·|e| / (|y| + |ŷ|); pairs where both are zero count as zero error."""
+    denom = torch.abs(pred) + torch.abs(target)
+    ratio = torch.where(denom > eps, 2.0 * torch.abs(pred - target) / denom.clamp_min(eps), torch.zeros_like(denom))
+    return 100.0 * ratio.mean()
+
+
+def mase(pred: Tensor, target: Tensor, insample: Tensor, season: int = 1, eps: float = 1e-8) -> Tensor:
+    """Mean absolute scaled error.
+
+    pred, target: (..., H, C); insample: (..., T, C) history before the forecast origin. The scale is the
+    in-sample MAE of the seasonal naive forecast with lag ``season``, per leading index and channel.
+    """
+    if insample.shape[-2] <= season:
+        raise ValueError(f"mase needs more than season={season} in-sample steps, got {insample.shape[-2]}")
+    scale = torch.mean(torch.abs(insample[..., season:, :] - insample[..., :-season, :]), dim=-2, keepdim=True)
+    return torch.mean(torch.abs(pred - target) / scale.clamp_min(eps))
+
+
+def pinball_loss(pred: Tensor, target: Tensor, quantiles: Sequence[float] | Tensor) -> Tensor:
+    """Mean pinball (quantile) loss.
+
+    pred: (..., Q) quantile forecasts; target: (...) observations; quantiles: Q levels in (0, 1).
+    """
+    q = torch.as_tensor(quantiles, dtype=pred.dtype, device=pred.device)
+    err = target.unsqueeze(-1) - pred
+    return torch.mean(torch.maximum(q * err, (q - 1.0) * err))
+
+
+def coverage(lower: Tensor, upper: Tensor, target: Tensor) -> Tensor:
+    """Fraction of observations inside [lower, upper]."""
+    inside = (target >= lower) & (target <= upper)
+    return inside.to(torch.float32).mean()
+
+
+class PinballLoss(nn.Module):
+    """Pinball loss for fixed quantile levels; forward(pred (..., Q), target (...)) -> scalar."""
+
+    def __init__(self, quantiles: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("quantiles", torch.as_tensor(list(quantiles), dtype=torch.float32), persistent=False)
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return pinball_loss(pred, target, self.quantiles.to(pred.dtype))
