@@ -1,0 +1,668 @@
+"""Read and validate time series (CSV file or DataFrame, wide or long) into one canonical long frame.
+
+Canonical frame: columns ``unique_id`` (str), ``ds`` (datetime64[ns], tz-naive), then the target columns as
+float64, sorted by ``(unique_id, ds)``. Every problem with the input raises a ``ValueError`` whose message names
+the source, the column and the first offending row (1-based line number for CSV files, 0-based row position for
+DataFrames, plus the timestamp where one is known) and says how to fix it.
+
+Missing data policy (``missing=``):
+
+- ``"error"`` (default): gaps in the time grid and NaN/inf values raise.
+- ``"ffill"``: each series is reindexed on its regular grid; gaps and NaN/inf values are forward-filled
+  (leading ones back-filled).
+- ``"interpolate"``: as ``ffill`` but linear interpolation (constant at the edges).
+- ``"ignore"``: rows holding NaN/inf are dropped and the remaining rows are treated as consecutive steps (e.g.
+  trading days with holidays). If the remaining timestamps are regular, ``freq`` is inferred as usual; otherwise
+  ``SeriesFrame.freq`` is None, ``SeriesFrame.step`` keeps the modal step (used to extend timestamps into the
+  future) and ``time_index`` falls back to row numbers.
+
+The user's file or DataFrame is never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import (
+    is_bool_dtype,
+    is_datetime64_any_dtype,
+    is_numeric_dtype,
+)
+from pandas.tseries.frequencies import to_offset
+
+__all__ = [
+    "MISSING_POLICIES",
+    "SeriesFrame",
+    "SeriesFileNotFoundError",
+    "check_length",
+    "infer_period",
+    "read_series",
+    "time_index",
+]
+
+log = logging.getLogger(__name__)
+
+MISSING_POLICIES = ("error", "ffill", "interpolate", "ignore")
+_TIME_NAMES = ("ds", "date", "datetime", "timestamp", "time", "date_time", "timestamps")
+_ROW = "__tsattn_row__"  # where each row came from, kept only while validating (for error messages)
+_DAY_NS = 86_400_000_000_000
+_MINUTE_NS = 60_000_000_000
+# A fill that would grow a series more than this many times is almost surely a typo in a timestamp.
+_MAX_FILL_GROWTH = 10
+
+
+class SeriesFileNotFoundError(FileNotFoundError, ValueError):
+    """The series file does not exist (both a ``FileNotFoundError`` and a ``ValueError``)."""
+
+
+@dataclass
+class SeriesFrame:
+    """A validated set of series in canonical long form.
+
+    ``frame``: columns ``unique_id``, ``ds``, *target_cols*, sorted by (unique_id, ds).
+    ``freq``: pandas offset alias ("h", "D", "B", ...) or None (irregular rows kept under ``missing="ignore"``).
+    ``step``: the modal step alias (equals ``freq`` when regular); extends timestamps when ``freq`` is None.
+    ``time_col`` / ``id_col``: the source column names used (the time column as detected).
+    """
+
+    frame: pd.DataFrame
+    target_cols: list[str]
+    freq: str | None
+    source: str
+    step: str | None = None
+    time_col: str | None = None
+    id_col: str | None = None
+
+    @property
+    def series_ids(self) -> list[str]:
+        """Series ids in frame order."""
+        return [uid for uid, _, _ in self._bounds()]
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.target_cols)
+
+    def lengths(self) -> dict[str, int]:
+        """Rows per series."""
+        return {uid: stop - start for uid, start, stop in self._bounds()}
+
+    def series(self) -> Iterator[tuple[str, pd.DatetimeIndex, np.ndarray]]:
+        """Yield ``(unique_id, ds (T,), values (T, C) float64)`` per series, in frame order."""
+        values = self.frame[self.target_cols].to_numpy(dtype=np.float64)
+        ds = pd.DatetimeIndex(self.frame["ds"])
+        for uid, start, stop in self._bounds():
+            yield uid, ds[start:stop], values[start:stop]
+
+    def _bounds(self) -> list[tuple[str, int, int]]:
+        ids = self.frame["unique_id"].to_numpy(dtype=object)
+        if len(ids) == 0:
+            return []
+        starts = np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1])
+        stops = np.concatenate([starts[1:], [len(ids)]])
+        return [(str(ids[a]), int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
+
+
+# --------------------------------------------------------------------------------------------------- errors
+
+
+class _Where:
+    """Formats row references for one source: CSV line numbers or DataFrame positions."""
+
+    def __init__(self, name: str, is_file: bool) -> None:
+        self.name = name
+        self.is_file = is_file
+
+    def row(self, row: int) -> str:
+        if row < 0:
+            return "a filled-in row"
+        return f"line {row}" if self.is_file else f"row position {row}"
+
+    def rows(self, rows: list[int]) -> str:
+        if self.is_file:
+            return "lines " + " and ".join(str(r) for r in rows)
+        return "row positions " + " and ".join(str(r) for r in rows)
+
+
+def check_length(unique_id: str, length: int, needed: int, *, source: str = "", reason: str = "") -> None:
+    """Raise ``ValueError`` if series *unique_id* has fewer than *needed* rows; *reason* says what needs them."""
+    if length >= needed:
+        return
+    where = f" of {source}" if source else ""
+    why = f" {reason}" if reason else ""
+    raise ValueError(
+        f"series '{unique_id}'{where} has {length} rows, but{why} needs at least {needed} rows. "
+        "Use a shorter lookback or horizon, a different split, or a longer series."
+    )
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tuple[pd.DataFrame, _Where]:
+    """Return a private copy of the input with string column names and a row-reference column."""
+    if isinstance(source, pd.DataFrame):
+        where = _Where("<DataFrame>", is_file=False)
+        df = source.copy()  # never touch the caller's frame
+        index_is_time = isinstance(df.index, pd.DatetimeIndex) and (
+            (time_col is None and not any(is_datetime64_any_dtype(df[c]) for c in df.columns))
+            or (time_col is not None and time_col not in df.columns and df.index.name == time_col)
+        )
+        if index_is_time:
+            name = df.index.name if df.index.name is not None else "ds"
+            df = df.reset_index(names=name)
+        else:
+            df = df.reset_index(drop=True)
+        df.columns = [str(c) for c in df.columns]
+        df[_ROW] = np.arange(len(df), dtype=np.int64)
+    elif isinstance(source, str | os.PathLike):
+        path = Path(source)
+        where = _Where(path.name, is_file=True)
+        if not path.is_file():
+            raise SeriesFileNotFoundError(
+                f"{path}: file not found (resolved to {path.resolve()}). Check the path, or pass a DataFrame "
+                "with frame= instead."
+            )
+        suffix = path.suffix.lower()
+        try:
+            if suffix in (".parquet", ".pq"):
+                df = pd.read_parquet(path)
+                where = _Where(path.name, is_file=False)
+            else:
+                df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", low_memory=False)
+        except pd.errors.EmptyDataError:
+            raise ValueError(
+                f"{path.name}: the file is empty. Expected a header line (a time column and value columns) "
+                "followed by one row per timestamp."
+            ) from None
+        except pd.errors.ParserError as err:
+            raise ValueError(
+                f"{path.name}: not a readable CSV file ({err}). Check the separator and quoting."
+            ) from None
+        df.columns = [str(c) for c in df.columns]
+        # Line 1 is the header, so data row i (0-based) sits on line i + 2.
+        offset = 2 if where.is_file else 0
+        df[_ROW] = np.arange(len(df), dtype=np.int64) + offset
+    else:
+        raise TypeError(f"source must be a path or a pandas DataFrame, got {type(source).__name__}")
+    if len(df) == 0:
+        cols = ", ".join(c for c in df.columns if c != _ROW) or "none"
+        raise ValueError(
+            f"{where.name}: no data rows (columns: {cols}). The file is header-only or the DataFrame is empty; "
+            "add one row per timestamp."
+        )
+    dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if dupes:
+        raise ValueError(f"{where.name}: duplicate column names {dupes}; give every column a unique name.")
+    return df, where
+
+
+def _looks_like_times(col: pd.Series) -> bool:
+    sample = col.dropna().head(5)
+    if len(sample) == 0 or is_numeric_dtype(col) or is_bool_dtype(col):
+        return False
+    if pd.to_numeric(sample, errors="coerce").notna().all():
+        return False  # plain numbers would parse as epoch offsets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            pd.to_datetime(sample, format="mixed")
+        except (ValueError, TypeError, OverflowError):
+            return False
+    return True
+
+
+def _find_time_col(df: pd.DataFrame, id_col: str | None, where: _Where) -> str:
+    cols = [c for c in df.columns if c not in (id_col, _ROW)]
+    for c in cols:
+        if is_datetime64_any_dtype(df[c]):
+            return c
+    lower = {c.lower(): c for c in cols}
+    for name in _TIME_NAMES:
+        if name in lower:
+            return lower[name]
+    for c in cols:
+        if (
+            not is_numeric_dtype(df[c])
+            and any(k in c.lower() for k in ("date", "time"))
+            and _looks_like_times(df[c])
+        ):
+            return c
+    for c in cols:
+        if _looks_like_times(df[c]):
+            return c
+    raise ValueError(
+        f"{where.name}: could not find a time column: none of the columns ({', '.join(cols)}) is named like "
+        "date/time/timestamp/ds or holds timestamps. Pass time_col='<name>'."
+    )
+
+
+def _parse_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
+    raw = df[col]
+    if is_datetime64_any_dtype(raw):
+        parsed = raw
+    elif is_numeric_dtype(raw) or is_bool_dtype(raw):
+        raise ValueError(
+            f"{where.name}: time column '{col}' holds numbers ({raw.iloc[0]!r} on {where.row(int(df[_ROW].iloc[0]))}), "
+            f"not timestamps. Convert it first, e.g. pd.to_datetime(df['{col}'], unit='s'), or pass the right "
+            "time_col."
+        )
+    else:
+        try:
+            parsed = pd.to_datetime(raw)  # fast path: one format inferred from the first value
+        except (ValueError, TypeError, OverflowError):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed = pd.to_datetime(raw, format="mixed", errors="coerce", utc=True)
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        row = where.row(int(df[_ROW].iloc[i]))
+        value = raw.iloc[i]
+        if pd.isna(value):
+            raise ValueError(
+                f"{where.name}: column '{col}' has an empty timestamp on {row}. Every row needs a timestamp; "
+                "fill it in or drop the row."
+            )
+        raise ValueError(
+            f"{where.name}: column '{col}' has a value that is not a timestamp on {row}: {value!r}. "
+            "Fix the value (e.g. '2024-01-31 13:00:00') or drop the row."
+        )
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)  # one clock for all rows
+    return parsed.dt.as_unit("ns")
+
+
+def _to_float(df: pd.DataFrame, col: str, where: _Where, times: pd.Series) -> np.ndarray:
+    raw = df[col]
+    if is_bool_dtype(raw) or is_numeric_dtype(raw):
+        return raw.to_numpy(dtype=np.float64, na_value=np.nan)
+    num = pd.to_numeric(raw, errors="coerce")
+    bad = (num.isna() & raw.notna()).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{where.name}: column '{col}' holds a non-numeric value {raw.iloc[i]!r} on "
+            f"{where.row(int(df[_ROW].iloc[i]))} (timestamp {times.iloc[i]}). Target columns must hold numbers: "
+            "fix the cell (or leave it empty for a missing value), or leave the column out with target_cols=[...]."
+        )
+    return num.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _numeric_candidate(col: pd.Series) -> bool:
+    """False for columns with no numeric value at all (labels, notes): skipped when target_cols is None."""
+    if is_bool_dtype(col) or is_datetime64_any_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype):
+        return False
+    if is_numeric_dtype(col):
+        return True
+    present = col.dropna()
+    return len(present) == 0 or bool(pd.to_numeric(present, errors="coerce").notna().any())
+
+
+# --------------------------------------------------------------------------------------------------- frequency
+
+
+def _alias(td_ns: int) -> str:
+    if td_ns % _DAY_NS == 0:
+        days = td_ns // _DAY_NS
+        return "D" if days == 1 else f"{days}D"
+    return to_offset(pd.Timedelta(td_ns, unit="ns")).freqstr
+
+
+def _infer_step(ds: pd.DatetimeIndex) -> tuple[str | None, bool]:
+    """(step alias, regular) for one sorted series: pd.infer_freq, else the modal difference."""
+    if len(ds) < 2:
+        return None, True
+    if len(ds) >= 3:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            inferred = pd.infer_freq(ds)
+        if inferred is not None:
+            return to_offset(inferred).freqstr, True
+    diffs = np.diff(ds.asi8)
+    values, counts = np.unique(diffs, return_counts=True)
+    modal = int(values[np.argmax(counts)])
+    if modal == _DAY_NS and (ds.dayofweek < 5).all() and (diffs == 3 * _DAY_NS).any():
+        alias = "B"  # weekdays only, weekends skipped: business days (gaps are holidays)
+    else:
+        alias = _alias(modal)
+    return alias, len(values) == 1
+
+
+def _grid_breaks(ds: pd.DatetimeIndex, freq: str) -> np.ndarray:
+    """Positions i where ds[i + 1] is not one step after ds[i]."""
+    if len(ds) < 2:
+        return np.zeros(0, dtype=np.int64)
+    off = to_offset(freq)
+    if isinstance(off, pd.offsets.Tick) or off.rule_code == "D":
+        return np.flatnonzero(np.diff(ds.asi8) != off.nanos)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nxt = ds[:-1] + off
+    return np.flatnonzero(nxt.asi8 != ds[1:].asi8)
+
+
+def time_index(ds: pd.DatetimeIndex | pd.Series | np.ndarray, freq: str | None) -> np.ndarray:
+    """Absolute step index (T,) int64: steps since 1970-01-01 at *freq*; row numbers if *freq* is None.
+
+    ``time_index % period`` is a consistent phase: hour of day for hourly data (period 24), a fixed weekday
+    offset for daily (7) and business-daily (5) data, month of year for monthly data (12).
+    """
+    ds = pd.DatetimeIndex(ds)
+    if freq is None:
+        return np.arange(len(ds), dtype=np.int64)
+    off = to_offset(freq)
+    base = off.rule_code.split("-")[0]
+    n = max(int(off.n), 1)
+    if isinstance(off, pd.offsets.Tick) or base == "D":
+        return ds.as_unit("ns").asi8 // off.nanos
+    if base in ("B", "C"):
+        days = ds.as_unit("ns").asi8 // _DAY_NS
+        # Count business days from the epoch; weekend dates share the following Monday's index.
+        return (
+            np.busday_count(np.datetime64("1970-01-01"), days.astype("datetime64[D]")).astype(np.int64) // n
+        )
+    if base in ("MS", "ME", "M", "BMS", "BME", "SMS", "SME"):
+        return ((ds.year.to_numpy() - 1970) * 12 + ds.month.to_numpy() - 1).astype(np.int64) // n
+    if base in ("QS", "QE", "Q", "BQS", "BQE"):
+        return ((ds.year.to_numpy() - 1970) * 4 + (ds.month.to_numpy() - 1) // 3).astype(np.int64) // n
+    if base in ("YS", "YE", "Y", "BYS", "BYE"):
+        return (ds.year.to_numpy() - 1970).astype(np.int64) // n
+    if base == "W":
+        return ds.as_unit("ns").asi8 // (7 * _DAY_NS) // n
+    return ds.to_period(off).asi8.astype(np.int64)
+
+
+def infer_period(freq: str | None) -> int | None:
+    """Seasonal period for *freq*: 24 hourly, 7 daily, 5 business-daily, 12 monthly, 1440/m for m-minute data
+    (and 24/k for k-hourly data when it divides a day); None otherwise."""
+    if freq is None:
+        return None
+    off = to_offset(freq)
+    base = off.rule_code.split("-")[0]
+    if off.n == 1 and base == "D":
+        return 7
+    if off.n == 1 and base == "B":
+        return 5
+    if off.n == 1 and base in ("MS", "ME", "M", "BMS", "BME"):
+        return 12
+    if isinstance(off, pd.offsets.Tick):
+        step = off.nanos
+        if _MINUTE_NS <= step < _DAY_NS and _DAY_NS % step == 0:
+            return _DAY_NS // step
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+def read_series(
+    source: str | os.PathLike | pd.DataFrame,
+    *,
+    time_col: str | None = None,
+    id_col: str | None = None,
+    target_cols: list[str] | None = None,
+    missing: str = "error",
+) -> SeriesFrame:
+    """Read a wide or long CSV file (or DataFrame) into a validated, sorted :class:`SeriesFrame`.
+
+    Wide: a time column plus numeric columns, one series named after the file stem ("series" for a DataFrame).
+    Long: ``id_col`` + time column + value columns, one series per id. ``time_col`` is detected when not given
+    (a datetime column, a column named like date/time/timestamp/ds, or the first column holding timestamps; a
+    DataFrame's DatetimeIndex also counts). ``target_cols`` defaults to every other column that holds numbers.
+    ``missing``: see the module docstring. Raises ``ValueError`` with the row and a fix for any bad input.
+    """
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing={missing!r} is not a policy; use one of {', '.join(MISSING_POLICIES)}.")
+    df, where = _load(source, time_col)
+    columns = [c for c in df.columns if c != _ROW]
+
+    for arg, name in (("id_col", id_col), ("time_col", time_col)):
+        if name is not None and name not in columns:
+            raise ValueError(
+                f"{where.name}: {arg}='{name}' is not a column. Available columns: {', '.join(columns)}."
+            )
+    if time_col is None:
+        time_col = _find_time_col(df, id_col, where)
+        log.debug("%s: using '%s' as the time column", where.name, time_col)
+    if time_col == id_col:
+        raise ValueError(f"{where.name}: time_col and id_col are both '{time_col}'; they must differ.")
+
+    value_cols = [c for c in columns if c not in (time_col, id_col)]
+    if target_cols is not None:
+        target_cols = [str(c) for c in target_cols]
+        unknown = [c for c in target_cols if c not in value_cols]
+        if unknown:
+            raise ValueError(
+                f"{where.name}: target_cols {unknown} not found among the value columns. Available columns: "
+                f"{', '.join(value_cols) or 'none'} (time column '{time_col}'"
+                + (f", id column '{id_col}')." if id_col else ").")
+            )
+        if len(set(target_cols)) != len(target_cols):
+            raise ValueError(f"{where.name}: target_cols {target_cols} lists a column twice.")
+    else:
+        target_cols = [c for c in value_cols if _numeric_candidate(df[c])]
+        skipped = [c for c in value_cols if c not in target_cols]
+        if skipped:
+            log.warning("%s: skipping non-numeric columns %s", where.name, skipped)
+        if not target_cols:
+            raise ValueError(
+                f"{where.name}: no numeric value columns besides the time column '{time_col}' "
+                f"(columns: {', '.join(columns)}). Add value columns or pass target_cols=[...]."
+            )
+    clash = [c for c in target_cols if c in ("unique_id", "ds")]
+    if clash:
+        raise ValueError(
+            f"{where.name}: value column(s) {clash} clash with the canonical names; rename them."
+        )
+
+    times = _parse_times(df, time_col, where)
+    if id_col is not None:
+        ids = df[id_col]
+        if ids.isna().any():
+            i = int(np.argmax(ids.isna().to_numpy()))
+            raise ValueError(
+                f"{where.name}: id column '{id_col}' is empty on {where.row(int(df[_ROW].iloc[i]))}; every row "
+                "needs a series id."
+            )
+        ids = ids.astype(str)
+    else:
+        uid = Path(source).stem if where.is_file or not isinstance(source, pd.DataFrame) else "series"
+        ids = pd.Series([uid] * len(df))
+
+    data = {
+        "unique_id": pd.Series(ids.to_numpy(dtype=object), dtype="str"),
+        "ds": times.reset_index(drop=True),
+    }
+    for c in target_cols:
+        data[c] = _to_float(df, c, where, times)
+    data[_ROW] = df[_ROW].to_numpy()
+    out = pd.DataFrame(data).sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
+
+    _check_duplicates(out, where, id_col)
+    if missing == "ignore":
+        out = _drop_nonfinite(out, target_cols, where)
+    freq, step, regular = _frame_freq(out, where)
+    if not regular:
+        if missing == "error":
+            _raise_gap(out, freq, where)
+        elif missing in ("ffill", "interpolate"):
+            out = _reindex(out, freq, target_cols, where)
+        else:
+            log.info("%s: irregular timestamps kept as consecutive steps (missing='ignore')", where.name)
+            freq = None
+    if missing != "ignore":
+        out = _handle_nonfinite(out, target_cols, where, missing)
+    out = out.drop(columns=_ROW)
+    log.info(
+        "read %s: %d series, %d rows, %d channels, freq %s",
+        where.name,
+        out["unique_id"].nunique(),
+        len(out),
+        len(target_cols),
+        freq,
+    )
+    return SeriesFrame(out, list(target_cols), freq, where.name, step, time_col, id_col)
+
+
+def _check_duplicates(out: pd.DataFrame, where: _Where, id_col: str | None) -> None:
+    dup = out.duplicated(["unique_id", "ds"], keep=False).to_numpy()
+    if not dup.any():
+        return
+    d = out[dup]
+    first = d.loc[d[_ROW].idxmin()]
+    same = d[(d["unique_id"] == first["unique_id"]) & (d["ds"] == first["ds"])]
+    rows = sorted(int(r) for r in same[_ROW])[:2]
+    keys = f"[{id_col!r}, <time column>]" if id_col else "the time column"
+    raise ValueError(
+        f"{where.name}: timestamp {first['ds']} appears more than once in series '{first['unique_id']}' "
+        f"({where.rows(rows)}). Each series needs one row per timestamp: drop the duplicates "
+        f"(df.drop_duplicates(subset=...)) or aggregate them (df.groupby({keys}).mean()) first."
+    )
+
+
+def _series_slices(out: pd.DataFrame) -> list[tuple[str, slice]]:
+    sf = SeriesFrame(out, [], None, "")
+    return [(uid, slice(a, b)) for uid, a, b in sf._bounds()]
+
+
+def _frame_freq(out: pd.DataFrame, where: _Where) -> tuple[str | None, str | None, bool]:
+    """(freq, step, all series regular at freq) with one frequency required across series."""
+    ds_all = pd.DatetimeIndex(out["ds"])
+    steps: dict[str, list[str]] = {}
+    regular = True
+    for uid, sl in _series_slices(out):
+        alias, reg = _infer_step(ds_all[sl])
+        if alias is not None:
+            steps.setdefault(alias, []).append(uid)
+            regular &= reg
+    if not steps:
+        return None, None, True
+    if len(steps) > 1:
+        desc = "; ".join(
+            f"'{a}' for series {', '.join(repr(u) for u in uids[:3])}" for a, uids in steps.items()
+        )
+        raise ValueError(
+            f"{where.name}: the series do not share one frequency ({desc}). Resample them to a common frequency "
+            "(df.resample(...)) or read them separately."
+        )
+    freq = next(iter(steps))
+    if regular:
+        # Series with a single inferred alias can still be off each other's grid only through gaps: re-check.
+        regular = all(len(_grid_breaks(ds_all[sl], freq)) == 0 for _, sl in _series_slices(out))
+    return freq, freq, regular
+
+
+def _raise_gap(out: pd.DataFrame, freq: str, where: _Where) -> None:
+    ds_all = pd.DatetimeIndex(out["ds"])
+    rows = out[_ROW].to_numpy()
+    for uid, sl in _series_slices(out):
+        ds = ds_all[sl]
+        breaks = _grid_breaks(ds, freq)
+        if len(breaks) == 0:
+            continue
+        i = int(breaks[0])
+        a, b = ds[i], ds[i + 1]
+        grid = pd.date_range(a, b, freq=freq)
+        if len(grid) and grid[-1] == b:
+            what = f"{len(grid) - 2} step(s) are missing between {a} and {b}"
+        else:
+            what = f"{b} is not on the '{freq}' grid after {a}"
+        raise ValueError(
+            f"{where.name}: series '{uid}' is not regular at frequency '{freq}': {what} "
+            f"({where.row(int(rows[sl][i]))} -> {where.row(int(rows[sl][i + 1]))}; {len(breaks)} break(s) in all). "
+            "Pass missing='ffill' or missing='interpolate' to fill the gaps on the regular grid, or "
+            "missing='ignore' to treat the rows as consecutive steps (e.g. trading days with holidays)."
+        )
+
+
+def _reindex(out: pd.DataFrame, freq: str, target_cols: list[str], where: _Where) -> pd.DataFrame:
+    parts = []
+    ds_all = pd.DatetimeIndex(out["ds"])
+    for uid, sl in _series_slices(out):
+        part = out.iloc[sl]
+        ds = ds_all[sl]
+        grid = pd.date_range(ds[0], ds[-1], freq=freq).as_unit("ns")
+        off_grid = ~ds.isin(grid)
+        if off_grid.any():
+            i = int(np.argmax(off_grid))
+            raise ValueError(
+                f"{where.name}: series '{uid}' has timestamp {ds[i]} ({where.row(int(part[_ROW].iloc[i]))}) off "
+                f"the '{freq}' grid that starts at {ds[0]}, so gaps cannot be filled. Resample first "
+                f"(df.resample('{freq}').mean()) or pass missing='ignore'."
+            )
+        if len(grid) > _MAX_FILL_GROWTH * len(ds) + 1000:
+            raise ValueError(
+                f"{where.name}: filling series '{uid}' on the '{freq}' grid from {ds[0]} to {ds[-1]} would need "
+                f"{len(grid)} rows for {len(ds)} given; check the timestamps for a typo."
+            )
+        part = part.set_index("ds").reindex(grid)
+        part.index.name = "ds"
+        part = part.reset_index()
+        part["unique_id"] = uid
+        part[_ROW] = part[_ROW].fillna(-1).astype(np.int64)
+        parts.append(part[out.columns])
+    filled = pd.concat(parts, ignore_index=True)
+    log.info("%s: filled %d missing timestamps", where.name, len(filled) - len(out))
+    return filled
+
+
+def _nonfinite(out: pd.DataFrame, target_cols: list[str]) -> np.ndarray:
+    return ~np.isfinite(out[target_cols].to_numpy(dtype=np.float64))
+
+
+def _drop_nonfinite(out: pd.DataFrame, target_cols: list[str], where: _Where) -> pd.DataFrame:
+    bad = _nonfinite(out, target_cols).any(axis=1)
+    if not bad.any():
+        return out
+    kept = out[~bad].reset_index(drop=True)
+    lost = sorted(set(out["unique_id"]) - set(kept["unique_id"]))
+    if lost:
+        raise ValueError(
+            f"{where.name}: series {lost} have no row without NaN/inf values; nothing is left to use."
+        )
+    log.info("%s: dropped %d rows with NaN/inf values (missing='ignore')", where.name, int(bad.sum()))
+    return kept
+
+
+def _handle_nonfinite(out: pd.DataFrame, target_cols: list[str], where: _Where, missing: str) -> pd.DataFrame:
+    bad = _nonfinite(out, target_cols)
+    if not bad.any():
+        return out
+    if missing == "error":
+        rows_bad = bad.any(axis=1)
+        rows = out[_ROW].to_numpy()
+        cand = np.flatnonzero(rows_bad)
+        i = int(cand[np.argmin(rows[cand])])  # the first offending row of the input
+        j = int(np.argmax(bad[i]))
+        col = target_cols[j]
+        value = out[col].iloc[i]
+        kind = "a missing value (NaN/empty)" if np.isnan(value) else f"an infinite value ({value})"
+        raise ValueError(
+            f"{where.name}: column '{col}' has {kind} on {where.row(int(rows[i]))} (series '{out['unique_id'].iloc[i]}', "
+            f"timestamp {out['ds'].iloc[i]}); {int(bad.sum())} such cell(s) in all. Fix the data, or pass "
+            "missing='ffill' / missing='interpolate' to fill them, or missing='ignore' to drop such rows."
+        )
+    vals = out[target_cols].astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    groups = vals.groupby(out["unique_id"], sort=False)
+    if missing == "ffill":
+        filled = groups.ffill()
+        filled = filled.groupby(out["unique_id"], sort=False).bfill()
+    else:
+        filled = groups.transform(lambda s: s.interpolate(method="linear", limit_direction="both"))
+    still = filled.isna().to_numpy()
+    if still.any():
+        i, j = (int(k[0]) for k in np.nonzero(still))
+        raise ValueError(
+            f"{where.name}: column '{target_cols[j]}' of series '{out['unique_id'].iloc[i]}' has no finite value "
+            f"to fill from; drop the column (target_cols=[...]) or the series."
+        )
+    out = out.copy()
+    out[target_cols] = filled.to_numpy()
+    return out
