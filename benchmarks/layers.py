@@ -1,0 +1,335 @@
+"""Speed and memory of tsattn.layers, printed as one Markdown table (ratios measured in the same run).
+
+    python benchmarks/layers.py             # full sizes (a few minutes on a small CPU)
+    python benchmarks/layers.py --quick     # small sizes, seconds
+    python benchmarks/layers.py --threads 1 # fix intra-op threads (steadier on a shared machine)
+
+Rows:
+- EMA forward+backward at (B=32, L=8192, C=64) beside torch.cumsum forward+backward on the same tensor (the
+  memory-bound floor of any scan) and beside a sequential Python loop, timed at L=1024 and scaled by 8: the loop
+  over ``x.unbind(1)`` (its backward is linear in L) and the naive loop over ``x[:, t]`` (whose backward
+  materialises a full-size gradient per step, so scaling by 8 flatters it).
+- EMAHistoryAttention forward+backward at batch 8, L = 1k, 4k, 16k (window 64, d_model 64, 4 heads) and
+  torch.nn.MultiheadAttention with a causal mask at the same sizes. MHA is skipped where its projected time (the
+  previous size's time scaled quadratically) exceeds --mha-max-s, or its dense L×L scores would exceed --mha-max-gb.
+- The time of one EMAHistoryAttention.step() after 10 and after 10,000 steps.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory held before the run; on CPU the growth
+of the process's peak resident set (``ru_maxrss``) during the runs, measured in a fresh subprocess per size
+(tracemalloc does not see torch's allocator). Times are the minimum over --repeats runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from tsattn.layers import EMA, EMAHistoryAttention
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Minimum wall time of fn() in seconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _fwd_bwd(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        x.grad = None
+        module(x).sum().backward()
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- children
+
+
+def _child(args: argparse.Namespace) -> None:
+    """Time and measure one attention size in this (fresh) process; print one JSON line."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    B, L, D, H, W = args.batch, args.length, args.d_model, args.heads, args.window
+    x = torch.randn(B, L, D, device=device, requires_grad=True)
+    if args.child == "ema_attention":
+        layer = EMAHistoryAttention(D, H, W).to(device)
+        fn = _fwd_bwd(layer, x)
+    else:
+        mha = torch.nn.MultiheadAttention(D, H, batch_first=True).to(device)
+        causal = torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
+
+        def fn() -> None:
+            x.grad = None
+            out, _ = mha(x, x, x, attn_mask=causal, need_weights=False, is_causal=True)
+            out.sum().backward()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    seconds = _time(fn, device, args.repeats)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({"seconds": seconds, "peak_bytes": peak}))
+
+
+def _run_child(args: argparse.Namespace, kind: str, length: int) -> dict:
+    cmd = [
+        sys.executable, __file__, "--child", kind, "--length", str(length), "--batch", str(args.attn_batch),
+        "--d-model", "64", "--heads", "4", "--window", "64", "--device", args.device,
+        "--repeats", str(args.repeats),
+    ]  # fmt: skip
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": f"failed (exit {proc.returncode}): {tail[:80]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def _ema_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str, str, str, str, str]]:
+    B, L, C = args.ema_size
+    torch.manual_seed(0)
+    x = torch.randn(B, L, C, device=device, requires_grad=True)
+    ema = EMA(C).to(device)
+    t_ema = _time(_fwd_bwd(ema, x), device, args.repeats)
+    t_cumsum = _time(_fwd_bwd(lambda v: v.cumsum(1), x), device, args.repeats)
+
+    scale = 8 if L >= 8 else 1
+    Ls = L // scale
+    xs = torch.randn(B, Ls, C, device=device, requires_grad=True)
+    lam = torch.full((C,), 0.9, device=device, requires_grad=True)
+
+    def loop_unbind(v: torch.Tensor) -> torch.Tensor:
+        steps = v.unbind(1)
+        y, out = steps[0], [steps[0]]
+        for x_t in steps[1:]:
+            y = lam * y + (1 - lam) * x_t
+            out.append(y)
+        return torch.stack(out, 1)
+
+    def loop_index(v: torch.Tensor) -> torch.Tensor:
+        y, out = v[:, 0], [v[:, 0]]
+        for t in range(1, v.shape[1]):
+            y = lam * y + (1 - lam) * v[:, t]
+            out.append(y)
+        return torch.stack(out, 1)
+
+    t_unbind = _time(_fwd_bwd(loop_unbind, xs), device, args.repeats) * scale
+    t_index = _time(_fwd_bwd(loop_index, xs), device, 1, warmup=0) * scale
+    size = f"B={B} L={L} C={C}"
+    ms = "{:.1f} ms".format
+    return [
+        ("EMA fwd+bwd (tsattn)", size, ms(1e3 * t_ema), "", "1.0"),
+        ("torch.cumsum fwd+bwd", size, ms(1e3 * t_cumsum), "", f"EMA / cumsum = {t_ema / t_cumsum:.2f}×"),
+        (
+            f"Python loop over x.unbind(1), L={Ls} ×{scale}",
+            size,
+            ms(1e3 * t_unbind),
+            "",
+            f"loop / EMA = {t_unbind / t_ema:.1f}×",
+        ),
+        (
+            f"Python loop over x[:, t], L={Ls} ×{scale}",
+            size,
+            ms(1e3 * t_index),
+            "",
+            f"loop / EMA = {t_index / t_ema:.1f}× (backward O(L²): underestimated)",
+        ),
+    ]
+
+
+def _attention_rows(args: argparse.Namespace) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    prev: tuple[int, float] | None = None
+    mha_prev: tuple[int, float] | None = None
+    for L in args.lengths:
+        size = f"B={args.attn_batch} L={L} W=64 d=64 H=4"
+        r = _run_child(args, "ema_attention", L)
+        if "error" in r:
+            rows.append(("EMAHistoryAttention fwd+bwd", size, "-", "-", r["error"]))
+            continue
+        note = ""
+        if prev is not None:
+            note = f"t({L})/t({prev[0]}) = {r['seconds'] / prev[1]:.2f} (linear: {L / prev[0]:.0f})"
+        prev = (L, r["seconds"])
+        rows.append(
+            ("EMAHistoryAttention fwd+bwd", size, _fmt_s(r["seconds"]), _fmt_b(r["peak_bytes"]), note)
+        )
+
+        dense_gb = 3 * args.attn_batch * 4 * L * L * 4 / 1e9  # scores, probabilities, their gradient (fp32)
+        projected = mha_prev[1] * (L / mha_prev[0]) ** 2 if mha_prev else 0.0
+        if projected > args.mha_max_s:
+            rows.append(
+                (
+                    "MultiheadAttention causal fwd+bwd",
+                    size,
+                    "skipped",
+                    "-",
+                    f"projected {projected:.0f} s (quadratic from L={mha_prev[0]}) > --mha-max-s {args.mha_max_s:g}",
+                )
+            )
+            continue
+        if dense_gb > args.mha_max_gb:
+            rows.append(
+                (
+                    "MultiheadAttention causal fwd+bwd",
+                    size,
+                    "skipped",
+                    "-",
+                    f"dense L×L scores need ~{dense_gb:.0f} GB > --mha-max-gb {args.mha_max_gb:g}",
+                )
+            )
+            continue
+        m = _run_child(args, "mha", L)
+        if "error" in m:
+            rows.append(("MultiheadAttention causal fwd+bwd", size, "-", "-", m["error"]))
+            continue
+        mha_prev = (L, m["seconds"])
+        rows.append(
+            (
+                "MultiheadAttention causal fwd+bwd",
+                size,
+                _fmt_s(m["seconds"]),
+                _fmt_b(m["peak_bytes"]),
+                f"MHA / EMA-attention = {m['seconds'] / r['seconds']:.2f}×",
+            )
+        )
+    return rows
+
+
+def _step_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str, str, str, str, str]]:
+    torch.manual_seed(0)
+    layer = EMAHistoryAttention(64, 4, 64).to(device).eval()
+    B = args.attn_batch
+    x = torch.randn(B, 64, device=device)
+    probe = 200
+    results = {}
+    state = None
+    done = 0
+    with torch.no_grad():
+        for target in (10, args.long_steps):
+            while done < target:
+                _, state = layer.step(x, state)
+                done += 1
+            _sync(device)
+            t0 = time.perf_counter()
+            s = state
+            for _ in range(probe):
+                _, s = layer.step(x, s)
+            _sync(device)
+            results[target] = (time.perf_counter() - t0) / probe
+    size = f"B={B} W=64 d=64 H=4"
+    short, long = results[10], results[args.long_steps]
+    return [
+        ("EMAHistoryAttention.step() after 10 steps", size, f"{1e6 * short:.0f} µs", "", "1.0"),
+        (
+            f"EMAHistoryAttention.step() after {args.long_steps:,} steps",
+            size,
+            f"{1e6 * long:.0f} µs",
+            "",
+            f"ratio {long / short:.2f} (constant: 1)",
+        ),
+    ]
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{1e3 * seconds:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _fmt_b(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mha-max-s", type=float, default=60.0, help="skip MHA sizes projected slower")
+    parser.add_argument(
+        "--mha-max-gb", type=float, default=16.0, help="skip MHA sizes whose dense scores exceed"
+    )
+    # internal: one attention measurement in a fresh process
+    parser.add_argument("--child", choices=["ema_attention", "mha"], help=argparse.SUPPRESS)
+    parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--d-model", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--heads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--window", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        _child(args)
+        return
+
+    if args.quick:
+        args.ema_size, args.lengths, args.attn_batch, args.long_steps = (
+            (8, 2048, 16),
+            [256, 1024, 4096],
+            2,
+            1000,
+        )
+    else:
+        args.ema_size, args.lengths, args.attn_batch, args.long_steps = (
+            (32, 8192, 64),
+            [1024, 4096, 16384],
+            8,
+            10_000,
+        )
+    device = torch.device(args.device)
+    cmd = shlex.join(["python", "benchmarks/layers.py", *(sys.argv[1:] if argv is None else argv)])
+    print(f"$ {cmd}")
+    print(
+        f"torch {torch.__version__}, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", intra-op threads {torch.get_num_threads()}; times: min of {args.repeats} after a warm-up; "
+        + (
+            "peak memory: torch.cuda.max_memory_allocated"
+            if device.type == "cuda"
+            else "peak memory: ru_maxrss growth"
+        )
+        + " in a fresh subprocess per size"
+    )
+    print()
+    rows = _ema_rows(args, device) + _attention_rows(args) + _step_rows(args, device)
+    header = ("benchmark", "size", "time", "peak memory", "ratio / note")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+
+
+if __name__ == "__main__":
+    main()
