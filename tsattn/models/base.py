@@ -18,12 +18,19 @@ from torch import Tensor, nn
 
 from tsattn.metrics import PinballLoss, mae, mse
 
-__all__ = ["Forecaster"]
+__all__ = ["Forecaster", "window_stats"]
 
 log = logging.getLogger(__name__)
 
 # Hyperparameters that hold objects, not plain data: kept out of checkpoints so they load with weights_only=True.
 _NOT_SAVED = ["loss", "optimizer", "lr_scheduler"]
+
+
+def window_stats(past: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Per-window loc and scale (B, 1, C) of past (B, L, C), as used by RevIN."""
+    loc = past.mean(dim=1, keepdim=True)
+    scale = torch.sqrt(past.var(dim=1, keepdim=True, unbiased=False) + eps)
+    return loc, scale
 
 
 class Forecaster(L.LightningModule):
@@ -96,8 +103,7 @@ class Forecaster(L.LightningModule):
         """past (B, L, C) scaled -> forecast (B, H, C), or (B, H, C, Q) sorted quantiles, scaled."""
         self._check_past(past)
         if self.revin:
-            loc = past.mean(dim=1, keepdim=True)  # (B, 1, C)
-            scale = torch.sqrt(past.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
+            loc, scale = window_stats(past)  # (B, 1, C) each
             out = self.forecast((past - loc) / scale, time_idx)
             out = out * scale.unsqueeze(-1) + loc.unsqueeze(-1)  # (B, H, C, Q)
         else:
