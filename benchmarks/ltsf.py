@@ -1,0 +1,277 @@
+"""Long-term forecasting benchmark on the standard protocol (../shared/DESIGN.md §6), on any wide CSV.
+
+Every model is fit through the project's own `SeriesDataModule` and a Lightning `Trainer`: trained on the train
+rows, selected on validation (early stopping on ``val/mse``; the best weights, *including the state before the
+first training step*, are restored), then evaluated on every test window (stride 1, none dropped). MSE and MAE are
+on the scaled values, averaged over windows x steps x channels.
+
+    python benchmarks/ltsf.py --csv ../shared/data/ETTh1.csv --split ett-hour --lookback 96 \\
+        --horizon 96 --horizon 192 --model ema --model ridge --model ridge-cycle --json results.json
+
+Models: ema (EMAAttentionForecaster), gam, hrnet, linear, naive, ridge, ridge-cycle. ``--hparam ema.d_model=64``
+overrides a hyperparameter of one model (values parsed as Python literals). ``mse_vs_ridge`` is the test MSE over
+that of `Ridge` on the same splits (the ridge is always fitted: it takes seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import inspect
+import json
+import logging
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from tsattn.data import SeriesDataModule
+
+log = logging.getLogger("ltsf")
+
+MODELS: dict[str, str] = {
+    "ema": "EMAAttentionForecaster",
+    "gam": "GAMForecaster",
+    "hrnet": "HRNetForecaster",
+    "linear": "Linear",
+    "naive": "Naive",
+    "ridge": "Ridge",
+    "ridge-cycle": "RidgeCycle",
+}
+DEFAULT_MODELS = ["ema", "ridge", "ridge-cycle"]
+DEFAULT_HORIZONS = [96, 192, 336, 720]
+
+
+def model_class(name: str) -> type | None:
+    """The forecaster class for a benchmark name, or None while its module is not there yet."""
+    import tsattn.models as models
+
+    cls_name = MODELS[name]
+    if hasattr(models, cls_name):
+        return getattr(models, cls_name)
+    for module in ("tsattn.models.ema_attention", "tsattn.models.ridge", "tsattn.models.baselines"):
+        try:
+            mod = __import__(module, fromlist=[cls_name])
+        except ImportError:
+            continue
+        if hasattr(mod, cls_name):
+            return getattr(mod, cls_name)
+    return None
+
+
+class BestWeights(Callback):
+    """Keep the weights with the lowest ``monitor`` in memory, counting the state before the first training step.
+
+    Early stopping alone restores nothing, and a checkpoint callback never sees the untrained model; a model that
+    starts at a closed-form solution (``EMAAttentionForecaster``) must be able to keep it when training does not
+    improve validation. Place this callback before any weight-averaging callback, so it sees the averaged weights
+    that validation used.
+    """
+
+    def __init__(self, monitor: str = "val/mse") -> None:
+        self.monitor = monitor
+        self.best_score = math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def _keep(self, score: float, epoch: int, module: L.LightningModule) -> None:
+        if score < self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            self.best_state = copy.deepcopy(module.state_dict())
+
+    @torch.no_grad()
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch != 0 or self.best_state is not None:
+            return
+        # the closed-form part was fitted in on_train_start; score the starting point like a validation epoch
+        was_training = pl_module.training
+        pl_module.eval()
+        sse, count = 0.0, 0
+        for batch in trainer.datamodule.val_dataloader():
+            batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            pred = pl_module.point(pl_module(batch["past"], batch.get("time_idx")))
+            sse += float(((pred - batch["future"]) ** 2).sum())
+            count += batch["future"].numel()
+        pl_module.train(was_training)
+        if count:
+            self._keep(sse / count, -1, pl_module)
+            log.info("start: %s %.4f", self.monitor, sse / count)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        score = float(trainer.callback_metrics[self.monitor])
+        log.info("epoch %d: %s %.4f", trainer.current_epoch, self.monitor, score)
+        self._keep(score, trainer.current_epoch, pl_module)
+
+    def restore(self, pl_module: L.LightningModule) -> None:
+        if self.best_state is not None:
+            pl_module.load_state_dict(self.best_state)
+
+
+def parse_hparams(items: list[str]) -> dict[str, dict[str, object]]:
+    """['ema.d_model=64', ...] -> {'ema': {'d_model': 64}}."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        model, dot, name = key.partition(".")
+        if not sep or not dot or model not in MODELS:
+            raise SystemExit(f"--hparam expects MODEL.NAME=VALUE with MODEL in {sorted(MODELS)}, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out.setdefault(model, {})[name] = value
+    return out
+
+
+def run_one(
+    name: str,
+    cls: type,
+    dm: SeriesDataModule,
+    args: argparse.Namespace,
+    hparams: dict[str, object],
+) -> dict[str, object]:
+    """Fit, select and test one model on the DataModule's splits; returns the result row."""
+    L.seed_everything(args.seed, verbose=False)
+    kwargs: dict[str, object] = {"n_channels": dm.n_channels, "lookback": dm.lookback, "horizon": dm.horizon}
+    if "period" in inspect.signature(cls).parameters:
+        kwargs["period"] = dm.period
+    kwargs.update(hparams)
+    model = cls(**kwargs)
+    learned = any(p.requires_grad for p in model.parameters())
+    best = BestWeights()
+    callbacks: list[Callback] = [best]
+    if learned:
+        callbacks.append(EarlyStopping(monitor="val/mse", patience=args.patience, mode="min"))
+        if args.ema_weights:
+            from lightning.pytorch.callbacks import EMAWeightAveraging
+
+            callbacks.append(EMAWeightAveraging(decay=args.ema_decay))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=args.max_epochs if learned else 1,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+        gradient_clip_val=args.gradient_clip if learned else None,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    best.restore(model)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
+    predict_seconds = time.perf_counter() - start
+    row: dict[str, object] = {
+        "model": name,
+        "lookback": dm.lookback,
+        "horizon": dm.horizon,
+        "test_mse": float(metrics["test/mse"]),
+        "test_mae": float(metrics["test/mae"]),
+        "n_test_windows": dm.num_windows("test"),
+        "fit_seconds": round(fit_seconds, 2),
+        "predict_seconds": round(predict_seconds, 2),
+        "val_mse": round(best.best_score, 5),
+        "best_epoch": best.best_epoch,
+        "epochs": trainer.current_epoch,
+    }
+    if name == "ema" and hasattr(model, "explain"):
+        row["decays"] = [[round(float(v), 4) for v in attn.attn.decays] for attn in model.net.blocks]
+        trend = model.net.trend
+        row["trend_decay"] = None if trend is None else round(float(trend.decay), 4)
+    return row
+
+
+def format_table(rows: list[dict[str, object]]) -> str:
+    head = f"{'model':<12} {'L':>4} {'H':>4} {'test_mse':>9} {'test_mae':>9} {'vs_ridge':>8} {'fit_s':>7} {'pred_s':>6} {'windows':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ratio = r.get("mse_vs_ridge")
+        lines.append(
+            f"{r['model']:<12} {r['lookback']:>4} {r['horizon']:>4} {r['test_mse']:>9.4f} {r['test_mae']:>9.4f} "
+            f"{(f'{ratio:.3f}' if ratio is not None else '-'):>8} {r['fit_seconds']:>7.1f} "
+            f"{r['predict_seconds']:>6.1f} {r['n_test_windows']:>7}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> list[dict[str, object]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--csv", required=True, help="wide CSV: a date column and numeric columns")
+    parser.add_argument("--split", default="ratio", choices=["ett-hour", "ratio"])
+    parser.add_argument("--lookback", type=int, default=96)
+    parser.add_argument("--horizon", type=int, action="append", help="repeatable (default 96 192 336 720)")
+    parser.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable (default ema ridge ridge-cycle)")
+    parser.add_argument("--period", type=int, default=None, help="season in steps (default: inferred from the frequency)")
+    parser.add_argument("--json", type=Path, default=None, help="write the result rows here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-epochs", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--gradient-clip", type=float, default=1.0)
+    parser.add_argument("--ema-weights", action="store_true", help="Lightning's EMAWeightAveraging for learned models")
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--hparam", action="append", default=[], help="MODEL.NAME=VALUE, e.g. ema.d_model=64")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*returned `None`.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    horizons = args.horizon or DEFAULT_HORIZONS
+    names = list(dict.fromkeys(args.model or DEFAULT_MODELS))
+    hparams = parse_hparams(args.hparam)
+
+    rows: list[dict[str, object]] = []
+    for horizon in horizons:
+        dm = SeriesDataModule(
+            path=args.csv,
+            lookback=args.lookback,
+            horizon=horizon,
+            split=args.split,
+            period=args.period,
+            batch_size=args.batch_size,
+        )
+        ridge_row = None
+        todo = names if "ridge" in names else ["ridge", *names]
+        for name in todo:
+            cls = model_class(name)
+            if cls is None:
+                emit(f"# {name}: {MODELS[name]} is not available in tsattn.models yet; skipped")
+                continue
+            row = run_one(name, cls, dm, args, hparams.get(name, {}))
+            if name == "ridge":
+                ridge_row = row
+            row["mse_vs_ridge"] = round(row["test_mse"] / ridge_row["test_mse"], 4) if ridge_row else None
+            if name in names:
+                rows.append(row)
+                log.info("%s", row)
+                if args.verbose:
+                    emit(json.dumps(row))
+    emit(f"# {Path(args.csv).name}, split {args.split}, lookback {args.lookback}, period {dm.period}, seed {args.seed}")
+    emit(format_table(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,135 @@
+"""`tsattn backtest`: fold positions, metrics against hand computations, leakage (with and without refit), CLI."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_long_frame, make_wide_frame
+
+from tsattn import backtest as bt
+from tsattn.data import SeriesDataModule
+from tsattn.metrics import mase
+from tsattn.models.baselines import Linear, Naive
+
+LOOKBACK, HORIZON = 16, 4
+NO_BAR = ["--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train(model: L.LightningModule, dm: SeriesDataModule, path) -> str:
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def series(n: int = 200) -> pd.DataFrame:
+    """One wide hourly series `y` (period 24 inferred)."""
+    return make_wide_frame(n, 1, seed=3).rename(columns={"x0": "y"})
+
+
+@pytest.fixture(scope="module")
+def plain_ckpt(tmp_path_factory) -> str:
+    """Linear without RevIN: its forecasts move with the scaler, so a scaler fit past a cutoff would show."""
+    dm = SeriesDataModule(frame=series(), lookback=LOOKBACK, horizon=HORIZON, batch_size=32)
+    return _train(Linear(1, LOOKBACK, HORIZON, revin=False), dm, tmp_path_factory.mktemp("ckpt") / "lin.ckpt")
+
+
+@pytest.fixture(scope="module")
+def quantile_ckpt(tmp_path_factory) -> str:
+    dm = SeriesDataModule(frame=series(), lookback=LOOKBACK, horizon=HORIZON, batch_size=32)
+    model = Naive(1, LOOKBACK, HORIZON, quantiles=[0.1, 0.5, 0.9])
+    return _train(model, dm, tmp_path_factory.mktemp("ckpt") / "q.ckpt")
+
+
+def test_folds_and_metrics_match_hand_computation(plain_ckpt):
+    data = series(200)
+    res = bt.backtest(plain_ckpt, data, windows=4, step=5, trainer={"accelerator": "cpu"})
+    f = res.forecasts
+    positions = bt.fold_positions(200, HORIZON, 4, 5)
+    assert positions == [181, 186, 191, 196]  # the last fold ends at the last row
+    assert list(f.columns) == ["unique_id", "fold", "cutoff", "ds", "step", "y", "yhat"]
+    assert len(f) == 4 * HORIZON and res.season == 24
+    for fold, p in enumerate(positions):
+        rows = f[f["fold"] == fold]
+        assert (rows["cutoff"] == data["date"][p - 1]).all()
+        assert list(rows["ds"]) == list(data["date"][p : p + HORIZON])
+        np.testing.assert_allclose(rows["y"], data["y"][p : p + HORIZON])
+        # Per fold, the per-step scaled errors average to metrics.mase on the fold's history.
+        hist = torch.tensor(data["y"][:p].to_numpy())[:, None]
+        expected = mase(torch.tensor(rows["yhat"].to_numpy())[:, None], torch.tensor(rows["y"].to_numpy())[:, None],
+                        hist, season=24)
+        scaled = bt._scaled_errors(data[["y"]].to_numpy(), p, rows[["y"]].to_numpy(), rows[["yhat"]].to_numpy(), 24)
+        np.testing.assert_allclose(scaled.mean(), float(expected), rtol=1e-6)
+    m = res.metrics
+    assert list(m.columns) == ["unique_id", "step", "folds", "mse", "mae", "smape", "mase"]
+    assert list(m["step"]) == list(range(1, HORIZON + 1)) and (m["folds"] == 4).all()
+    for step, rows in f.groupby("step"):
+        err = rows["y"] - rows["yhat"]
+        row = m[m["step"] == step].iloc[0]
+        np.testing.assert_allclose(row["mse"], np.mean(err**2), rtol=1e-6)
+        np.testing.assert_allclose(row["mae"], np.mean(np.abs(err)), rtol=1e-6)
+        smape = np.mean(200 * np.abs(err) / (np.abs(rows["y"]) + np.abs(rows["yhat"])))
+        np.testing.assert_allclose(row["smape"], smape, rtol=1e-5)
+    assert list(res.summary["unique_id"]) == ["series", "all"]
+    assert "all" in res.format()
+
+
+def _perturb_after(data: pd.DataFrame, row: int) -> pd.DataFrame:
+    changed = data.copy()
+    changed.loc[row:, "y"] = changed.loc[row:, "y"] * 3.0 + 50.0
+    return changed
+
+
+@pytest.mark.parametrize("refit", [False, True], ids=["fixed", "refit"])
+def test_changing_data_after_a_cutoff_never_changes_that_fold(plain_ckpt, refit):
+    data = series(120)
+    windows, step = 2, 8
+    first = bt.fold_positions(len(data), HORIZON, windows, step)[0]  # rows >= first come after fold 0's cutoff
+    kwargs = {"windows": windows, "step": step, "refit": refit,
+              "trainer": {"accelerator": "cpu", "max_epochs": 1}}
+    base = bt.backtest(plain_ckpt, data, **kwargs).forecasts
+    moved = bt.backtest(plain_ckpt, _perturb_after(data, first), **kwargs).forecasts
+    fold0 = base["fold"] == 0
+    np.testing.assert_array_equal(base.loc[fold0, "yhat"].to_numpy(), moved.loc[fold0, "yhat"].to_numpy())
+    assert not np.allclose(base.loc[~fold0, "yhat"], moved.loc[~fold0, "yhat"])  # the test can see a change
+
+
+def test_long_panel_quantiles_and_skipped_folds(quantile_ckpt):
+    frame = make_long_frame((60, 25), channels=1, id_col="id").rename(columns={"y0": "y"})
+    res = bt.backtest(quantile_ckpt, frame, windows=3, step=3, id_col="id", trainer={"accelerator": "cpu"})
+    assert {"pinball", "coverage", "yhat_q0.1"} <= set(res.metrics.columns) | set(res.forecasts.columns)
+    assert res.metrics["coverage"].between(0, 1).all() and (res.metrics["pinball"] >= 0).all()
+    # s1 has 25 rows: its first fold has 25 - 4 - 6 = 15 history rows < lookback 16, so it is skipped, loudly.
+    assert sorted(res.forecasts.groupby("unique_id")["fold"].nunique().items()) == [("s0", 3), ("s1", 2)]
+    assert len(res.skipped) == 1 and res.skipped[0][0] == "s1" and "lookback=16" in res.skipped[0][2]
+
+
+def test_cli_outputs_and_no_overwrite(tmp_path, capsys, quantile_ckpt):
+    series(150).to_csv(tmp_path / "data.csv", index=False)
+    args = ["--ckpt", quantile_ckpt, "--input", str(tmp_path / "data.csv"), "--windows", "5", "--step", "2",
+            "--output", str(tmp_path / "m.csv"), "--forecasts", str(tmp_path / "f.parquet"),
+            "--plot", str(tmp_path / "bt.png"), *NO_BAR]
+    assert bt.main(args) == 0
+    out = capsys.readouterr().out
+    assert "backtest" in out and "all" in out and "metrics:" in out
+    metrics = pd.read_csv(tmp_path / "m.csv")
+    assert len(metrics) == HORIZON and {"mase", "pinball", "coverage"} <= set(metrics.columns)
+    assert pd.read_parquet(tmp_path / "f.parquet")["fold"].nunique() == 5
+    assert (tmp_path / "bt.png").stat().st_size > 0
+    before = (tmp_path / "m.csv").read_bytes()
+    assert bt.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err
+    assert (tmp_path / "m.csv").read_bytes() == before

@@ -1,0 +1,261 @@
+"""The `tsattn` command line, driven with argument lists: fits on wide and long CSVs, model names, bad arguments
+(one line on stderr, non-zero exit), checkpoints (weights_only, DataModule state, reload), determinism, and the
+main job (config file + --compare + --plot) on tiny settings."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tsattn import cli
+from tsattn.cli import TsattnCLI, main
+from tsattn.data import SeriesDataModule
+from tsattn.models import Forecaster
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny and quiet: one epoch of a few batches.
+FAST = [
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "3",
+    "--trainer.limit_val_batches", "2",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    # LightningCLI warns when both sys.argv (pytest's) and args= are given.
+    monkeypatch.setattr(sys, "argv", ["tsattn"])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: a second intra-op thread only adds synchronisation (and stalls badly on a busy machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def wide_csv(tmp_path_factory, wide_frame) -> Path:
+    path = tmp_path_factory.mktemp("data") / "wide.csv"
+    wide_frame(n=240, channels=3).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_csv(tmp_path_factory, long_frame) -> Path:
+    path = tmp_path_factory.mktemp("data") / "long.csv"
+    long_frame(lengths=(160, 200)).to_csv(path, index=False)
+    return path
+
+
+def fit_args(csv: Path, root: Path, *extra: str) -> list[str]:
+    return ["fit", "--data.path", str(csv), "--data.lookback", "24", "--data.horizon", "6",
+            "--trainer.default_root_dir", str(root), *FAST, *extra]
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    (path,) = sorted((run_dir / "checkpoints").glob("best*.ckpt"))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ fits
+def test_fit_wide_csv_flagship(wide_frame, tmp_path, capsys):
+    csv = tmp_path / "train.csv"
+    frame = wide_frame(n=240, channels=3)
+    frame.to_csv(csv, index=False)
+    assert main(fit_args(csv, tmp_path)) == 0
+    run = tmp_path / "version_0"
+    for name in ("config.yaml", "metrics.csv", "hparams.yaml", "metrics.json", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"] == cli.DEFAULT_MODEL
+    row = metrics["test"][cli.DEFAULT_MODEL]
+    assert set(row) == {"test/mse", "test/mae", "test/mae_orig"} and all(v >= 0 for v in row.values())
+    assert cli.DEFAULT_MODEL in capsys.readouterr().out
+
+    # Checkpoint: plain data only, sizes linked from the data, DataModule state inside.
+    path = best_checkpoint(run)
+    ckpt = torch.load(path, weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert (hp["n_channels"], hp["lookback"], hp["horizon"]) == (3, 24, 6)
+    assert hp["period"] == 24  # hourly data, inferred by the data and linked
+    assert ckpt["datamodule_hyper_parameters"]["lookback"] == 24
+    assert "SeriesDataModule" in ckpt
+
+    # Reload and forecast new data in original units, without the training file.
+    csv.unlink()
+    model = cli.forecaster_class(cli.DEFAULT_MODEL).load_from_checkpoint(path).eval()
+    assert isinstance(model, Forecaster) and model.n_channels == 3
+    new = frame.assign(date=frame["date"] + pd.Timedelta(days=30))
+    dm = SeriesDataModule.for_prediction(path, new)
+    (batch,) = list(dm.predict_dataloader())
+    with torch.no_grad():
+        yhat = model.predict_step(batch, 0)["yhat"]
+    assert yhat.shape == (1, 6, 3) and torch.isfinite(yhat).all()
+    last = torch.tensor(new[["x0", "x1", "x2"]].to_numpy()[-1], dtype=torch.float32)
+    assert torch.allclose(yhat[0].mean(0), last, atol=3.0)  # original units (channel levels 0, 10, 20)
+
+
+def test_fit_long_csv_linear(long_csv, tmp_path, capsys):
+    main(fit_args(long_csv, tmp_path, "--data.id_col", "id", "--model", "Linear"))
+    run = tmp_path / "version_0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"] == "Linear" and "Linear" in metrics["test"]
+    ckpt = torch.load(best_checkpoint(run), weights_only=True)
+    assert ckpt["hyper_parameters"]["_class_path"].endswith(".Linear")
+    assert ckpt["hyper_parameters"]["n_channels"] == 2
+    assert "period" not in ckpt["hyper_parameters"]  # Linear takes none; the link is skipped, not recorded
+    assert "Linear" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("model", "period"), [("SeasonalNaive", 24), ("Naive", None)])
+def test_period_link_only_where_taken(model, period, wide_csv):
+    cli_obj = TsattnCLI(args=["--data.path", str(wide_csv), "--data.lookback", "48", "--data.horizon", "6",
+                              "--model", model], run=False)
+    assert type(cli_obj.model).__name__ == model
+    assert cli_obj.model.hparams.get("period") == period
+
+
+def test_chosen_model_starts_from_its_own_defaults(wide_csv):
+    # The flagship (the default) takes revin=False; `--model Linear` must not inherit that.
+    linear = cli.forecaster_class("Linear")
+    own = inspect.signature(linear).parameters["revin"].default
+    args = ["--data.path", str(wide_csv), "--data.lookback", "24", "--data.horizon", "6"]
+    assert TsattnCLI(args=[*args, "--model", "Linear"], run=False).model.hparams["revin"] == own
+    flipped = TsattnCLI(args=[*args, "--model", "Linear", "--model.revin", str(not own).lower()], run=False)
+    assert flipped.model.hparams["revin"] == (not own)
+
+
+def test_test_and_predict_from_saved_run(wide_csv, tmp_path, capsys):
+    main(fit_args(wide_csv, tmp_path, "--model", "Naive"))
+    run = tmp_path / "version_0"
+    args = ["--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+    main(["test", *args])
+    tested = json.loads((tmp_path / "version_1" / "metrics.json").read_text())
+    assert set(tested["test"]["Naive"]) == {"test/mse", "test/mae", "test/mae_orig"}
+    main(["predict", *args])
+    frame = pd.read_csv(tmp_path / "version_2" / "predictions.csv")
+    assert list(frame.columns[:4]) == ["unique_id", "ds", "cutoff", "yhat"]
+    assert len(frame) == 6 * 3 and set(frame.unique_id) == {"x0", "x1", "x2"}
+    assert pd.to_datetime(frame.ds).min() > pd.to_datetime(frame.cutoff).max()
+
+
+def test_ema_weights_option(wide_csv, tmp_path):
+    main(fit_args(wide_csv, tmp_path, "--ema_weights", "true", "--ema_decay", "0.9", "--model", "Linear"))
+    ckpt = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "averaging_state" in ckpt and "current_model_state" in ckpt  # written by EMAWeightAveraging
+    assert json.loads((tmp_path / "version_0" / "metrics.json").read_text())["test"]["Linear"]
+
+
+def test_same_seed_same_weights(wide_csv, tmp_path):
+    states = []
+    for name in ("a", "b"):
+        main(fit_args(wide_csv, tmp_path / name, "--seed_everything", "7"))
+        states.append(torch.load(tmp_path / name / "version_0" / "checkpoints" / "last.ckpt",
+                                 weights_only=True)["state_dict"])
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+# ------------------------------------------------------------------------------------------------ the main job
+def test_main_job_config_compare_plot(wide_csv, tmp_path, capsys):
+    config = yaml.safe_load((ROOT / "configs" / "market.yaml").read_text())
+    config["data"].update(path=str(wide_csv), lookback=24, horizon=6)
+    config["data"].pop("target_cols", None)
+    config["trainer"].update(default_root_dir=str(tmp_path), max_epochs=1, limit_train_batches=3,
+                             limit_val_batches=2, enable_progress_bar=False, enable_model_summary=False)
+    path = tmp_path / "main.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert config["compare"] and config["plot"]
+
+    main(["fit", "--config", str(path)])
+
+    out = capsys.readouterr().out
+    run = tmp_path / "version_0"
+    table = out[out.index("test metrics"):].splitlines()
+    names = [cli.forecaster_class(config["model"]["class_path"]).__name__, *config["compare"]]
+    assert all(any(line.startswith(name) for line in table) for name in names)
+    assert "mae_orig" in table[1]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert list(metrics["test"]) == names
+    png = run / "forecast.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in config["compare"]:
+        assert (run / "compare" / name / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("name", ["market", "motion"])
+def test_sample_configs_build(name):
+    cli_obj = TsattnCLI(args=["--config", str(ROOT / "configs" / f"{name}.yaml")], run=False)
+    assert type(cli_obj.model).__name__ == cli.DEFAULT_MODEL
+    assert cli_obj.model.n_channels == cli_obj.datamodule.n_channels
+    for baseline in cli_obj.config["compare"]:
+        cli.forecaster_class(baseline)
+
+
+# ------------------------------------------------------------------------------------------------ bad arguments
+BAD = {
+    "missing file": (["--data.path", "{tmp}/nope.csv"], "nope.csv"),
+    "unknown column": (["--data.target_cols", "[nope]"], "nope"),
+    "horizon too long": (["--data.horizon", "5000"], "5000"),
+    "unknown model": (["--model", "Linearr"], "unknown model 'Linearr'"),
+    "unknown compare model": (["--compare", "Naive", "Nope"], "unknown model 'Nope'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_arguments_one_line(case, wide_csv, tmp_path, capsys):
+    extra, expected = BAD[case]
+    extra = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    with pytest.raises(SystemExit) as info:
+        main(fit_args(wide_csv, tmp_path, *extra))
+    assert info.value.code not in (0, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("tsattn: error:") and expected in err[0]
+    assert not (tmp_path / "version_0" / "checkpoints").exists()  # failed before any training
+
+
+def test_unknown_model_in_config_file_one_line(wide_csv, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  class_path: NoSuchForecaster\n")
+    with pytest.raises(SystemExit) as info:
+        main(fit_args(wide_csv, tmp_path, "--config", str(path)))
+    assert info.value.code != 0
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unknown model 'NoSuchForecaster'" in line and "Linear" in line  # names the choices
+
+
+def test_jsonargparse_errors_pass_through(wide_csv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(fit_args(wide_csv, tmp_path, "--trainer.max_epochz", "3"))
+    assert info.value.code != 0
+    assert "max_epochz" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ extras
+def test_extra_commands_dispatch(monkeypatch):
+    seen = []
+    monkeypatch.setitem(cli.EXTRA_COMMANDS, "hello", lambda argv: seen.append(argv) or 3)
+    assert main(["hello", "--x", "1"]) == 3
+    assert seen == [["--x", "1"]]
+
+
+def test_forecaster_class_names():
+    assert cli.forecaster_class("Linear").__name__ == "Linear"
+    assert cli.forecaster_class(cli.forecaster_class("Naive").__module__ + ".Naive").__name__ == "Naive"
+    with pytest.raises(ValueError, match="choose one of"):
+        cli.forecaster_class("Nope")

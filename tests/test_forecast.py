@@ -1,0 +1,299 @@
+"""`tsattn forecast`: inputs (file, directory, glob, long CSV), tidy output, skipping, atomic writes, DDP.
+
+Checkpoints are trained here on tiny synthetic frames (a Linear and a quantile Naive model, one epoch) and saved in
+a temporary folder; every CLI run is in-process except the two-process test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_long_frame, make_wide_frame
+
+from tsattn import forecast as fc
+from tsattn.data import SeriesDataModule
+from tsattn.models.baselines import Linear, Naive
+
+LOOKBACK, HORIZON = 16, 4
+QUANTILES = [0.1, 0.5, 0.9]
+NO_BAR = ["--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train(model: L.LightningModule, dm: SeriesDataModule, path: Path) -> Path:
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def linear_ckpt(tmp_path_factory) -> Path:
+    """Two-channel (x0, x1) Linear, saved by a plain Trainer: the checkpoint names no class."""
+    dm = SeriesDataModule(frame=make_wide_frame(160, 2), lookback=LOOKBACK, horizon=HORIZON, batch_size=32)
+    return _train(Linear(2, LOOKBACK, HORIZON), dm, tmp_path_factory.mktemp("ckpt") / "linear.ckpt")
+
+
+@pytest.fixture(scope="module")
+def quantile_ckpt(tmp_path_factory) -> Path:
+    """One-channel (y) quantile Naive trained on a long frame (id column `id`), with a LightningCLI class path."""
+    frame = make_long_frame((120, 150), channels=1).rename(columns={"y0": "y"})
+    dm = SeriesDataModule(frame=frame, id_col="id", lookback=LOOKBACK, horizon=HORIZON, batch_size=32)
+    path = _train(Naive(1, LOOKBACK, HORIZON, quantiles=QUANTILES), dm, tmp_path_factory.mktemp("ckpt") / "q.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["_class_path"] = "tsattn.models.baselines.Naive"
+    torch.save(ckpt, path)
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = fc.main([str(a) for a in argv] + NO_BAR)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def wide_csv(path: Path, n: int = 120, freq: str = "h", seed: int = 0, level: float = 0.0, start="2024-01-01") -> Path:
+    frame = make_wide_frame(n, 2, freq=freq, seed=seed, start=start)
+    frame[["x0", "x1"]] += level
+    frame.to_csv(path, index=False)
+    return path
+
+
+def long_frame(lengths=(120, 130, 140, 150, 160)) -> pd.DataFrame:
+    return make_long_frame(lengths, channels=2, id_col="id").rename(columns={"y0": "x0", "y1": "x1"})
+
+
+def check_timestamps(out: pd.DataFrame, source: pd.DataFrame, uid_prefix: str, time_col: str, freq: str) -> None:
+    """Forecast timestamps continue the input's frequency from its last timestamp (the cutoff)."""
+    last = pd.Timestamp(source[time_col].max())
+    step = pd.tseries.frequencies.to_offset(freq)
+    for uid, group in out[out["unique_id"].str.startswith(uid_prefix)].groupby("unique_id"):
+        assert (group["cutoff"] == last).all(), uid
+        expected = pd.date_range(last, periods=HORIZON + 1, freq=step)[1:]
+        assert list(group["ds"]) == list(expected), uid
+
+
+def test_file_original_units_and_timestamps(tmp_path, capsys, linear_ckpt):
+    src = wide_csv(tmp_path / "plant.csv", level=500.0)
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, "--output", tmp_path / "f.csv")
+    assert code == 0, err
+    assert "forecast 1 series" in out and "skipped 0" in out
+    table = pd.read_csv(tmp_path / "f.csv", parse_dates=["ds", "cutoff"])
+    assert list(table.columns) == ["unique_id", "ds", "cutoff", "yhat"]
+    assert sorted(table["unique_id"].unique()) == ["plant/x0", "plant/x1"]  # one unique_id per column
+    check_timestamps(table, pd.read_csv(src, parse_dates=["date"]), "plant", "date", "h")
+
+    # Same numbers as the model on a for_prediction DataModule (unseen series: scaler fit on its own history).
+    loaded = fc.load_checkpoint(linear_ckpt)
+    assert loaded.model_class is Linear  # identified from hyperparameters and state-dict keys
+    state = {**loaded.data_state, "series_ids": [], "loc": [], "scale": []}
+    dm = SeriesDataModule.for_prediction(state, src)
+    batch = next(iter(dm.predict_dataloader()))
+    with torch.no_grad():
+        ref = loaded.model.predict_step(batch, 0)["yhat"][0].numpy()  # (H, C), original units
+    for c, col in enumerate(["x0", "x1"]):
+        got = table.loc[table["unique_id"] == f"plant/{col}", "yhat"].to_numpy()
+        np.testing.assert_allclose(got, ref[:, c], rtol=1e-5)
+        assert abs(got.mean() - 500 - 10 * c) < 20  # original units, not scaled
+
+
+@pytest.mark.parametrize("how", ["directory", "glob"])
+def test_directory_and_glob_new_series(tmp_path, capsys, linear_ckpt, how):
+    data = tmp_path / "data"
+    data.mkdir()
+    wide_csv(data / "a.csv", seed=1)
+    wide_csv(data / "b.csv", seed=2, level=1000.0)  # a level never seen in training
+    wide_csv(data / "c.csv", n=90, freq="D", seed=3)  # another frequency
+    (data / "notes.txt").write_text("not a series")
+    source = data if how == "directory" else data / "*.csv"
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", source, "--output", tmp_path / "f.csv",
+                         "--chunk-size", 2, "--batch-size", 1)
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "f.csv", parse_dates=["ds", "cutoff"])
+    assert sorted(table["unique_id"].unique()) == [f"{s}/{c}" for s in "abc" for c in ("x0", "x1")]
+    assert len(table) == 6 * HORIZON
+    for stem, freq in (("a", "h"), ("b", "h"), ("c", "D")):
+        check_timestamps(table, pd.read_csv(data / f"{stem}.csv", parse_dates=["date"]), f"{stem}/", "date", freq)
+    b = table[table["unique_id"].str.startswith("b/")]
+    assert b["yhat"].between(990, 1030).all()
+
+
+def test_long_csv_grouped_and_ungrouped(tmp_path, capsys, linear_ckpt):
+    frame = long_frame()
+    frame.to_csv(tmp_path / "panel.csv", index=False)
+    frame.sample(frac=1.0, random_state=0).to_csv(tmp_path / "shuffled.csv", index=False)  # not grouped by id
+    tables = []
+    for name in ("panel", "shuffled"):
+        code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", tmp_path / f"{name}.csv", "--id-col", "id",
+                             "--output", tmp_path / f"{name}-f.csv", "--chunk-size", 2, "--batch-size", 2)
+        assert code == 0, err
+        assert "forecast 5 series" in out
+        tables.append(pd.read_csv(tmp_path / f"{name}-f.csv", parse_dates=["ds", "cutoff"]))
+    grouped, shuffled = (t.sort_values(["unique_id", "ds"]).reset_index(drop=True) for t in tables)
+    assert sorted(grouped["unique_id"].unique()) == [f"s{k}/x{c}" for k in range(5) for c in range(2)]
+    pd.testing.assert_frame_equal(grouped, shuffled)
+    for k in range(5):
+        check_timestamps(grouped, frame[frame["id"] == f"s{k}"], f"s{k}/", "ds", "h")
+
+
+def test_bad_and_short_series_are_reported_and_skipped(tmp_path, capsys, linear_ckpt):
+    frame = long_frame((120, 130, 140, 150, 10))
+    frame["id"] = frame["id"].map({"s0": "good", "s1": "text", "s2": "dup", "s3": "gap", "s4": "short"})
+    frame["x0"] = frame["x0"].astype(object)
+    text_row = frame.index[frame["id"] == "text"][7]
+    frame.loc[text_row, "x0"] = "oops"
+    dup = frame[frame["id"] == "dup"].iloc[[5]]
+    frame = pd.concat([frame, dup]).sort_index(kind="stable").reset_index(drop=True)
+    frame = frame.drop(frame.index[frame["id"] == "gap"][20]).reset_index(drop=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    frame.to_csv(data / "panel.csv", index=False)
+    (data / "empty.csv").write_text("")
+    (data / "header_only.csv").write_text("id,ds,x0,x1\n")
+    text_line = int(np.flatnonzero(frame["x0"].astype(str) == "oops")[0]) + 2
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", data, "--id-col", "id", "--output",
+                         tmp_path / "f.csv", "--skipped", tmp_path / "skipped.csv")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "f.csv")
+    assert sorted(table["unique_id"].unique()) == ["good/x0", "good/x1"]
+    skipped = pd.read_csv(tmp_path / "skipped.csv")
+    reasons = dict(zip(skipped["unique_id"], skipped["reason"], strict=True))
+    assert set(reasons) == {"text", "dup", "gap", "short", "empty.csv", "header_only.csv"}, reasons
+    assert "oops" in reasons["text"] and f"line {text_line}" in reasons["text"] and "panel.csv" in reasons["text"]
+    assert "more than once" in reasons["dup"]
+    assert "missing" in reasons["gap"]
+    assert "10 rows" in reasons["short"] and f"lookback={LOOKBACK}" in reasons["short"]
+    assert "empty" in reasons["empty.csv"] and "no data rows" in reasons["header_only.csv"]
+    assert "skipped 6" in out and all(uid in out for uid in reasons)
+
+
+def test_no_overwrite_and_atomic_write(tmp_path, capsys, linear_ckpt, monkeypatch):
+    src = wide_csv(tmp_path / "plant.csv")
+    dest = tmp_path / "out" / "f.csv"
+    dest.parent.mkdir()
+    dest.write_text("old\n")
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, "--output", dest)
+    assert code != 0
+    assert err.count("\n") == 1 and "exists" in err and "--overwrite" in err
+    assert dest.read_text() == "old\n"
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as m:  # a failure mid-run leaves the old file and no debris
+        m.setattr(fc.ForecastWriter, "write_on_batch_end", boom)
+        with pytest.raises(RuntimeError, match="disk full"):
+            fc.main(["--ckpt", str(linear_ckpt), "--input", str(src), "--output", str(dest), "--overwrite", *NO_BAR])
+    assert dest.read_text() == "old\n"
+    assert os.listdir(dest.parent) == ["f.csv"]
+
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, "--output", dest, "--overwrite")
+    assert code == 0, err
+    assert pd.read_csv(dest).shape == (2 * HORIZON, 4)
+    assert os.listdir(dest.parent) == ["f.csv"]  # the temp file and the parts folder are gone
+
+
+def test_cutoffs_use_only_rows_up_to_them(tmp_path, capsys, linear_ckpt):
+    src = wide_csv(tmp_path / "plant.csv")
+    ds = pd.read_csv(src, parse_dates=["date"])["date"]
+    cut_a, cut_b, too_early = ds[59], ds[99], ds[5]
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, "--output", tmp_path / "f.csv",
+                         "--cutoffs", str(cut_a), f"{cut_b},{too_early}")
+    assert code == 0, err
+    assert "at cutoff" in out and f"lookback={LOOKBACK}" in out
+    table = pd.read_csv(tmp_path / "f.csv", parse_dates=["ds", "cutoff"])
+    assert sorted(table["cutoff"].unique()) == [cut_a, cut_b]
+    for cut, rows in ((cut_a, 60), (cut_b, 100)):
+        part = table[table["cutoff"] == cut]
+        assert list(part["ds"].iloc[:HORIZON]) == list(pd.date_range(cut, periods=HORIZON + 1, freq="h")[1:])
+        # The same as forecasting the file cut at that row: nothing after the cutoff is used.
+        trunc = tmp_path / "plant_cut.csv"  # same stem: the same series
+        pd.read_csv(src).iloc[:rows].to_csv(trunc, index=False)
+        run(capsys, "--ckpt", linear_ckpt, "--input", trunc, "--output", tmp_path / "g.csv", "--overwrite")
+        ref = pd.read_csv(tmp_path / "g.csv")
+        np.testing.assert_allclose(part["yhat"].to_numpy(), ref["yhat"].to_numpy(), rtol=1e-5)
+
+
+def test_quantile_columns_melt_parquet_and_plots(tmp_path, capsys, quantile_ckpt):
+    # A one-channel model on a wide file without its column: each numeric column is its own series.
+    frame = make_wide_frame(100, 2).rename(columns={"x0": "a", "x1": "b"})
+    frame.to_csv(tmp_path / "two.csv", index=False)
+    plots = tmp_path / "plots"
+    code, out, err = run(capsys, "--ckpt", quantile_ckpt, "--input", tmp_path / "two.csv", "--output",
+                         tmp_path / "f.parquet", "--plot", plots)
+    assert code == 0, err
+    table = pd.read_parquet(tmp_path / "f.parquet")
+    assert list(table.columns) == ["unique_id", "ds", "cutoff", "yhat", "yhat_q0.1", "yhat_q0.5", "yhat_q0.9"]
+    assert sorted(table["unique_id"].unique()) == ["two/a", "two/b"]
+    assert pd.api.types.is_datetime64_any_dtype(table["ds"])
+    np.testing.assert_array_equal(table["yhat"], table["yhat_q0.5"])
+    assert (table["yhat_q0.1"] <= table["yhat_q0.5"]).all() and (table["yhat_q0.5"] <= table["yhat_q0.9"]).all()
+    assert sorted(p.name for p in plots.iterdir()) == ["two_a.png", "two_b.png"]
+
+    # A long file with the id column the model was trained with (`id`): found without --id-col.
+    long = make_long_frame((60, 70), channels=1).rename(columns={"y0": "y"})
+    long.to_csv(tmp_path / "long.csv", index=False)
+    code, out, err = run(capsys, "--ckpt", quantile_ckpt, "--input", tmp_path / "long.csv", "--output",
+                         tmp_path / "g.csv")
+    assert code == 0, err
+    assert sorted(pd.read_csv(tmp_path / "g.csv")["unique_id"].unique()) == ["s0", "s1"]
+
+
+def test_two_processes_match_one(tmp_path, capsys, linear_ckpt):
+    """Two CPU processes (DDP over gloo) write the same table as one. ``ddp_fork`` forks this process (no second
+    cold start of torch); ``--trainer.strategy ddp`` runs the same code with the command relaunched per rank."""
+    long_frame().to_csv(tmp_path / "panel.csv", index=False)
+    common = ["--ckpt", str(linear_ckpt), "--input", str(tmp_path / "panel.csv"), "--id-col", "id",
+              "--chunk-size", "1", "--batch-size", "2", *NO_BAR]
+    assert fc.main([*common, "--output", str(tmp_path / "one.csv")]) == 0
+    assert "1 process)" in capsys.readouterr().out
+    assert fc.main([*common, "--output", str(tmp_path / "two.csv"), "--trainer.devices", "2",
+                    "--trainer.strategy", "ddp_fork"]) == 0
+    assert "2 processes)" in capsys.readouterr().out  # both ranks wrote chunks
+    one, two = (pd.read_csv(tmp_path / f"{n}.csv").sort_values(["unique_id", "ds"]).reset_index(drop=True)
+                for n in ("one", "two"))
+    assert len(one) == 5 * 2 * HORIZON
+    pd.testing.assert_frame_equal(one, two)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "panel.csv", "two.csv"]
+
+
+def test_checkpoints_load_safely(tmp_path, linear_ckpt):
+    ckpt = torch.load(linear_ckpt, weights_only=True)
+    ckpt["hyper_parameters"]["_class_path"] = "evil_module_xyz.Model"
+    torch.save(ckpt, tmp_path / "named.ckpt")
+    with pytest.raises(fc.CheckpointError, match="never imports"):
+        fc.load_checkpoint(tmp_path / "named.ckpt")
+    assert "evil_module_xyz" not in sys.modules
+
+    ckpt["hyper_parameters"].pop("_class_path")
+    ckpt["extra"] = np.random.default_rng(0)  # an arbitrary pickled object
+    torch.save(ckpt, tmp_path / "pickled.ckpt")
+    with pytest.raises(fc.CheckpointError, match="refusing to load"):
+        fc.load_checkpoint(tmp_path / "pickled.ckpt")
+
+
+def test_cli_dispatches_forecast_and_backtest(tmp_path, capsys):
+    from tsattn.cli import main
+
+    for command in ("forecast", "backtest"):
+        args = ["--ckpt", str(tmp_path / "missing.ckpt"), "--input", str(tmp_path), "--output", str(tmp_path / "o.csv")]
+        if command == "backtest":
+            args += ["--windows", "2", "--step", "1"]
+        assert main([command, *args]) == 2
+        err = capsys.readouterr().err
+        assert f"tsattn {command}: error: checkpoint" in err and "not found" in err

@@ -1,0 +1,522 @@
+"""The ``tsattn`` command line: ``fit | validate | test | predict`` on a LightningCLI, plus extra commands.
+
+    tsattn fit --data.path my.csv --data.lookback 96 --data.horizon 24
+    tsattn fit --data.path my.csv --data.lookback 96 --data.horizon 24 --model Linear
+    tsattn fit --config configs/market.yaml
+    tsattn test --config RUN/config.yaml --ckpt_path RUN/checkpoints/last.ckpt
+
+Each run writes one folder ``<trainer.default_root_dir>/version_N/`` holding ``config.yaml`` (the full parsed
+config), ``metrics.csv`` (CSV logs), ``checkpoints/`` (the best by ``val/mse`` and ``last.ckpt``), ``metrics.json``
+(test metrics) and, with ``--plot true``, ``forecast.png``. After ``fit`` the best checkpoint is tested, and the
+models named by ``--compare`` are fitted and tested on the same data and shown beside it in one table.
+
+Channels, lookback, horizon and period are given once, to the data (``--data.*``), and linked to the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+import math
+import os
+import pkgutil
+import re
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
+from lightning.pytorch.loggers import CSVLogger
+
+import tsattn.models
+from tsattn.data import SeriesDataModule
+from tsattn.models.base import Forecaster
+
+# Import every module of tsattn.models, exported or not, so each forecaster resolves by its short name.
+for _module in pkgutil.iter_modules(tsattn.models.__path__):
+    importlib.import_module(f"tsattn.models.{_module.name}")
+
+__all__ = ["DEFAULT_MODEL", "EXTRA_COMMANDS", "TsattnCLI", "forecaster_class", "main"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "EMAAttentionForecaster"
+METRICS = ("test/mse", "test/mae", "test/mae_orig")
+
+#: Extra subcommands that ``main`` dispatches before LightningCLI parses anything: name -> a callable taking the
+#: remaining argv (returning an exit code or None), or a lazy ``"module:function"`` string of one (imported only
+#: when that command runs).
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None] | str] = {
+    "forecast": "tsattn.forecast:main",
+    "backtest": "tsattn.backtest:main",
+}
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 30,
+    "log_every_n_steps": 10,
+    "default_root_dir": "runs",
+}
+
+
+# --------------------------------------------------------------------------------------------- model names
+def _all_forecasters() -> dict[str, type[Forecaster]]:
+    """Every imported concrete Forecaster subclass, by class name."""
+    found: dict[str, type[Forecaster]] = {}
+    stack = list(Forecaster.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if not cls.__name__.startswith("_"):
+            found.setdefault(cls.__name__, cls)
+    return found
+
+
+def forecaster_class(name: str) -> type[Forecaster]:
+    """Resolve a forecaster by short name (``Linear``) or import path (``tsattn.models.Linear``)."""
+    known = _all_forecasters()
+    if name in known:
+        return known[name]
+    if "." in name:
+        module, _, attr = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            cls = None
+        if isinstance(cls, type) and issubclass(cls, Forecaster):
+            return cls
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(known))}")
+
+
+def _class_path(name: str) -> str:
+    cls = forecaster_class(name)
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+def _given_model(message: str) -> str | None:
+    """The model name a jsonargparse error about the key ``model`` was given, if it says."""
+    match = re.search(r"'class_path': '([\w.]+)'", message) or re.search(r"Given value: ([\w.]+)$", message, re.M)
+    return match.group(1) if match else None
+
+
+class _Parser(LightningArgumentParser):
+    """LightningArgumentParser whose error for an unknown model name (e.g. from a config file) is one line."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if self.exit_on_error and message.lstrip().startswith('Parser key "model"'):
+            name = _given_model(message)
+            if name:
+                try:
+                    forecaster_class(name)
+                except ValueError as exc:
+                    _fail(str(exc))
+        super().error(message, ex)
+
+
+class _Instantiator(_InstantiatorFn):
+    """LightningCLI's instantiator, minus linked values the class does not take.
+
+    jsonargparse skips a link whose target the chosen model lacks (``period`` for ``Naive``), but still reports
+    it as applied, and LightningCLI would then record it in the checkpoint's hyperparameters, where it breaks
+    ``tsattn test --ckpt_path``.
+    """
+
+    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
+        params = inspect.signature(class_type).parameters
+        prefix = f"{self.key}."
+        links = {k: v for k, v in applied_instantiation_links.items()
+                 if not k.startswith(prefix) or k.rsplit(".", 1)[-1] in params}
+        return super().__call__(class_type, *args, applied_instantiation_links=links, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------- the CLI
+class TsattnCLI(LightningCLI):
+    """LightningCLI for tsattn forecasters on :class:`~tsattn.data.SeriesDataModule`.
+
+    Adds, on top of the Trainer / model / data options: ``--early_stopping.*`` and ``--checkpoint.*`` (always on,
+    monitoring ``val/mse``), ``--ema_weights`` (Lightning's ``EMAWeightAveraging``), ``--compare`` (baselines
+    fitted and tested after ``fit``), ``--plot`` (forecast PNG) and ``--test_after_fit``.
+    """
+
+    def __init__(self, args: Sequence[str] | dict[str, Any] | None = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("trainer_defaults", dict(TRAINER_DEFAULTS))
+        kwargs.setdefault("seed_everything_default", 0)
+        # Optimizers are the model's own typed argument (`--model.optimizer`), not a second CLI-level copy.
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_kwargs", {"epilog": _epilog()})
+        kwargs.setdefault("parser_class", _Parser)
+        super().__init__(
+            model_class=Forecaster,
+            datamodule_class=SeriesDataModule,
+            subclass_mode_model=True,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------- parser
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({"model": {"class_path": _class_path(DEFAULT_MODEL)}})
+
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({"early_stopping.monitor": "val/mse", "early_stopping.mode": "min",
+                             "early_stopping.patience": 5})
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": "val/mse", "checkpoint.mode": "min", "checkpoint.save_top_k": 1,
+                             "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}"})
+
+        parser.add_argument("--ema_weights", type=bool, default=False,
+                            help="Keep an exponential moving average of the weights during fit (Lightning's "
+                                 "EMAWeightAveraging); validation, checkpoints and test use the averaged weights.")
+        parser.add_argument("--ema_decay", type=float, default=0.999, help="Decay of --ema_weights.")
+        parser.add_argument("--compare", type=str, nargs="*", default=[],
+                            help="After fit: fit and test these forecasters (e.g. `--compare Naive Linear`) on the "
+                                 "same data and print their test metrics beside the model's.")
+        parser.add_argument("--plot", type=bool, default=False,
+                            help="After fit/test: write forecast.png (last test window per series and channel, "
+                                 "original units) into the run folder.")
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="After fit: test the best checkpoint and write metrics.json.")
+        parser.add_argument("--num_threads", type=int | None, default=None,
+                            help="CPU threads torch uses inside an op (torch.set_num_threads); None keeps torch's "
+                                 "default. Small models on shared cores run fastest with 1.")
+
+        # Data-derived sizes are typed once, on the data, and reach the model by links.
+        parser.link_arguments("data.lookback", "model.init_args.lookback")
+        parser.link_arguments("data.horizon", "model.init_args.horizon")
+        parser.link_arguments("data.n_channels", "model.init_args.n_channels", apply_on="instantiate")
+        # Ignored (by jsonargparse) for models without a `period` argument.
+        parser.link_arguments("data.period", "model.init_args.period", apply_on="instantiate")
+
+    def _add_instantiators(self) -> None:
+        self.parser.add_instantiator(_Instantiator(cli=self, key="model"), _get_module_type(self._model_class),
+                                     subclasses=True)
+        self.parser.add_instantiator(_Instantiator(cli=self, key="data"), _get_module_type(self._datamodule_class),
+                                     subclasses=self.subclass_mode_data)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        model = (self.config[subcommand] if subcommand else self.config).get("model")
+        if model is not None and forecaster_class(model.class_path) is not forecaster_class(DEFAULT_MODEL):
+            # jsonargparse keeps the default model's init_args that the chosen class shares (revin, optimizer, ...);
+            # parse again with the chosen class as the default, so it starts from its own defaults.
+            self._parser(subcommand).set_defaults({"model": {"class_path": model.class_path}})
+            super().parse_arguments(parser, args)
+
+    def _set_seed(self) -> None:
+        # As LightningCLI's, but quiet: a bad argument found while instantiating must print one line, not two.
+        seed = self._get(self.config, "seed_everything")
+        if seed is False:
+            return
+        seed = seed_everything(None if seed is True else seed, workers=True, verbose=False)
+        (self.config[self.subcommand] if self.subcommand else self.config)["seed_everything"] = seed
+
+    def before_instantiate_classes(self) -> None:
+        threads = self._get(self.config, "num_threads")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"--num_threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        for name in _names(self._get(self.config, "compare")):
+            forecaster_class(name)  # fail on a typo now, not after the main fit
+
+    def after_instantiate_classes(self) -> None:
+        # Linked values resolved by the data (a period inferred from the frequency) go into the data's hparams
+        # too; Lightning refuses to log model and data hparams that share a key with different values.
+        dm = self.datamodule
+        hparams = dict(getattr(dm, "hparams", {}))
+        resolved = {k: getattr(dm, k) for k in ("lookback", "horizon", "period") if k in hparams and hasattr(dm, k)}
+        if any(hparams[k] != v for k, v in resolved.items()):
+            dm.save_hyperparameters({**hparams, **resolved})
+
+    # ----------------------------------------------------------------- trainer
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with a CSVLogger in ``default_root_dir`` unless a logger is given, and EMA when asked."""
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if config.get("logger") in (None, True):
+            config["logger"] = CSVLogger(save_dir=config.get("default_root_dir") or os.getcwd(), name="")
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if config.get("enable_checkpointing") is False or self.subcommand != "fit":
+            # Only fit stops early and saves checkpoints (the Trainer refuses a ModelCheckpoint without them).
+            callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, EarlyStopping))]
+        if self.subcommand == "fit" and self._get(self.config, "ema_weights"):
+            callbacks.append(EMAWeightAveraging(decay=self._get(self.config, "ema_decay")))
+        return self._instantiate_trainer(config, callbacks)
+
+    # ----------------------------------------------------------------- after the subcommands
+    def after_fit(self) -> None:
+        if not self._get(self.config, "test_after_fit") or self.trainer.interrupted:
+            return
+        # The best checkpoint already holds the averaged weights; EMA's own reload would swap the raw ones back in.
+        self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, WeightAveraging)]
+        ckpt = self.trainer.checkpoint_callback
+        ckpt_path = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        rows = {type(self.model).__name__: _pick_metrics(results)}
+        for name in _names(self._get(self.config, "compare")):
+            cls = forecaster_class(name)
+            if cls is type(self.model):
+                log.info("--compare %s skipped: it is the model being fitted", name)
+                continue
+            rows[cls.__name__] = self._fit_and_test_baseline(cls)
+        self._report(rows, ckpt_path=ckpt.best_model_path if ckpt_path else None)
+
+    def after_test(self) -> None:
+        self._report({type(self.model).__name__: _pick_metrics(self.trainer.callback_metrics)},
+                     ckpt_path=self._get(self.config, "ckpt_path"))
+
+    def after_validate(self) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        _write_json(self._run_dir() / "metrics.json", {"validate": metrics})
+
+    def predict(self, model: Forecaster, datamodule: SeriesDataModule, **kwargs: Any) -> None:
+        """Forecast ``horizon`` steps past the end of each series; writes ``predictions.csv`` in the run folder."""
+        outputs = self.trainer.predict(model, datamodule=datamodule, **{**kwargs, "return_predictions": True})
+        frame = _predictions_frame(model, datamodule, outputs or [])
+        path = self._run_dir() / "predictions.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+        print(f"predictions: {path} ({len(frame)} rows)")
+
+    # ----------------------------------------------------------------- helpers
+    def _run_dir(self) -> Path:
+        """This run's folder: the logger's ``version_N``, or ``default_root_dir`` without a logger."""
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def _fit_and_test_baseline(self, cls: type[Forecaster]) -> dict[str, float]:
+        """Fit and test ``cls`` on the same data with fresh early stopping / checkpointing; its test metrics."""
+        seed = self._get(self.config, "seed_everything")
+        if seed is not False:
+            seed_everything(seed, workers=True)
+        dm = self.datamodule
+        sizes = {"n_channels": dm.n_channels, "lookback": self.model.lookback, "horizon": self.model.horizon}
+        if "period" in inspect.signature(cls).parameters:
+            sizes["period"] = dm.period
+        model = cls(**sizes)
+        trainer_cfg = dict(self._get(self.config_init, "trainer", default={}))
+        checkpoint_cfg = {**self._get(self.config, "checkpoint").as_dict(), "dirpath": None}
+        trainer_cfg["callbacks"] = [EarlyStopping(**self._get(self.config, "early_stopping").as_dict())]
+        if trainer_cfg.get("enable_checkpointing") is not False:
+            trainer_cfg["callbacks"].append(ModelCheckpoint(**checkpoint_cfg))
+        trainer_cfg["logger"] = CSVLogger(save_dir=self._run_dir(), name="compare", version=cls.__name__)
+        trainer = self.trainer_class(**trainer_cfg)
+        log.info("fitting %s for comparison", cls.__name__)
+        trainer.fit(model, datamodule=dm)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        return _pick_metrics(trainer.test(model, datamodule=dm, ckpt_path=best or None, verbose=False))
+
+    def _report(self, rows: dict[str, dict[str, float]], ckpt_path: str | None) -> None:
+        """Print the metrics table, write metrics.json and (with --plot) forecast.png into the run folder."""
+        run_dir = self._run_dir()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(_metrics_table(rows, lookback=self.model.lookback, horizon=self.model.horizon))
+        payload = {
+            "model": type(self.model).__name__,
+            "checkpoint": str(ckpt_path) if ckpt_path else None,
+            "data": self._get(self.config, "data").get("path"),
+            "lookback": self.model.lookback,
+            "horizon": self.model.horizon,
+            "test": rows,
+        }
+        _write_json(run_dir / "metrics.json", payload)
+        print(f"metrics: {run_dir / 'metrics.json'}")
+        if self._get(self.config, "plot"):
+            path = write_forecast_plot(self.model, self.datamodule, run_dir / "forecast.png")
+            print(f"plot: {path}")
+
+
+def _names(values: Sequence[str] | str | None) -> list[str]:
+    """Model names from ``--compare``: space-separated, or written as ``[A,B]`` / ``A,B``."""
+    if isinstance(values, str):
+        values = [values]
+    names = []
+    for value in values or []:
+        names.extend(n.strip(" '\"") for n in value.strip("[] ").split(",") if n.strip(" '\""))
+    return names
+
+
+# --------------------------------------------------------------------------------------------- outputs
+def _pick_metrics(results: Any) -> dict[str, float]:
+    """Test metrics from ``trainer.test``'s list of dicts or from ``callback_metrics``."""
+    if isinstance(results, list):
+        results = results[0] if results else {}
+    return {k: float(results[k]) for k in METRICS if k in results}
+
+
+def _metrics_table(rows: dict[str, dict[str, float]], lookback: int, horizon: int) -> str:
+    header = f"{'model':<24}" + "".join(f"{m.split('/', 1)[1]:>12}" for m in METRICS)
+    lines = [f"test metrics (lookback {lookback}, horizon {horizon}; mse/mae on scaled values, mae_orig in "
+             "original units)", header, "-" * len(header)]
+    for name, metrics in rows.items():
+        cells = "".join(f"{metrics.get(m, math.nan):>12.4f}" for m in METRICS)
+        lines.append(f"{name:<24}{cells}")
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+@torch.no_grad()
+def _last_test_windows(model: Forecaster, datamodule: SeriesDataModule, max_series: int) -> list[dict[str, Any]]:
+    """The last test window of each of the first ``max_series`` series, with its forecast, in original units."""
+    last: dict[int, dict[str, torch.Tensor]] = {}
+    for batch in datamodule.test_dataloader():
+        for i in range(batch["past"].shape[0]):
+            sid = int(batch["series_idx"][i])
+            if sid >= max_series:
+                continue
+            if sid not in last or int(batch["time_idx"][i]) > int(last[sid]["time_idx"]):
+                last[sid] = {k: v[i] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    if not last:
+        return []
+    sids = sorted(last)
+    batch = {k: torch.stack([last[s][k] for s in sids]) for k in last[sids[0]]}
+    was_training = model.training
+    model.eval()
+    device_batch = {k: v.to(model.device) for k, v in batch.items()}
+    yhat = model.predict_step(device_batch, 0)["yhat"].cpu()  # (B, H, C[, Q]) original units
+    model.train(was_training)
+    scale, loc = batch["scale"], batch["loc"]  # (B, 1, C)
+    windows = []
+    for j, sid in enumerate(sids):
+        windows.append({
+            "series_idx": sid,
+            "time_idx": int(batch["time_idx"][j]),
+            "history": (batch["past"][j] * scale[j] + loc[j]).numpy(),
+            "actual": (batch["future"][j] * scale[j] + loc[j]).numpy(),
+            "forecast": yhat[j].numpy(),
+        })
+    return windows
+
+
+def _timestamps(datamodule: SeriesDataModule, series_idx: int, time_idx: int, n: int) -> Any:
+    try:
+        return datamodule.future_timestamps(series_idx, time_idx, n)
+    except Exception as exc:  # an irregular series has no calendar: fall back to step numbers
+        log.debug("no timestamps for the plot (%s); using step indices", exc)
+        return list(range(time_idx, time_idx + n))
+
+
+def write_forecast_plot(
+    model: Forecaster, datamodule: SeriesDataModule, path: str | os.PathLike, max_series: int = 4,
+    max_panels: int = 12,
+) -> Path | None:
+    """Plot the last test window of each series (up to ``max_series``) per channel, forecast vs actual, in
+    original units, into one PNG at ``path``. Returns the path, or None when the test split has no window."""
+    from matplotlib.figure import Figure
+
+    from tsattn.plotting import plot_forecast
+
+    windows = _last_test_windows(model, datamodule, max_series)
+    if not windows:
+        log.warning("no test window to plot")
+        return None
+    channels = list(datamodule.target_cols)
+    n_ch = min(len(channels), max(1, max_panels // len(windows)))
+    fig = Figure(figsize=(10, 2.3 * n_ch * len(windows) + 0.6), layout="constrained")
+    all_axes = fig.subplots(n_ch * len(windows), 1, squeeze=False)[:, 0]
+    lookback = model.lookback
+    for k, w in enumerate(windows):
+        sid = w["series_idx"]
+        series = datamodule.series_ids[sid] if sid < len(datamodule.series_ids) else str(sid)
+        label = f"{series}: " if len(windows) > 1 or len(datamodule.series_ids) > 1 else ""
+        fc = w["forecast"][:, :n_ch]
+        plot_forecast(
+            w["history"][:, :n_ch], fc, w["actual"][:, :n_ch],
+            history_index=_timestamps(datamodule, sid, w["time_idx"] - lookback, lookback),
+            forecast_index=_timestamps(datamodule, sid, w["time_idx"], model.horizon),
+            quantiles=model.quantiles if fc.ndim == 3 else None,
+            channel_names=[f"{label}{c}" for c in channels[:n_ch]],
+            axes=all_axes[k * n_ch:(k + 1) * n_ch],
+        )
+    fig.suptitle(f"{type(model).__name__}: last test window, lookback {lookback}, horizon {model.horizon}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _predictions_frame(model: Forecaster, datamodule: SeriesDataModule, outputs: list[dict[str, Any]]) -> Any:
+    """Tidy forecasts: ``unique_id, ds, cutoff, yhat`` (+ one column per quantile), original units.
+
+    For one series each channel is a ``unique_id`` (its column name); for many, ``series/column`` (or the series
+    id when there is one channel).
+    """
+    import pandas as pd
+
+    channels = list(datamodule.target_cols)
+    many = len(datamodule.series_ids) > 1
+    rows: list[pd.DataFrame] = []
+    for out in outputs:
+        yhat = out["yhat"].cpu().numpy()  # (B, H, C[, Q])
+        for j in range(yhat.shape[0]):
+            sid = int(out["series_idx"][j])
+            t0 = int(out["time_idx"][j])
+            ds = _timestamps(datamodule, sid, t0, model.horizon)
+            cutoff = _timestamps(datamodule, sid, t0 - 1, 1)[0]
+            series = datamodule.series_ids[sid]
+            for c, col in enumerate(channels):
+                uid = (f"{series}/{col}" if len(channels) > 1 else series) if many else col
+                frame = pd.DataFrame({"unique_id": uid, "ds": ds, "cutoff": cutoff})
+                if yhat.ndim == 4:
+                    frame["yhat"] = yhat[j, :, c, model.median_index]
+                    for q, level in enumerate(model.quantiles):
+                        frame[f"yhat_q{level:g}"] = yhat[j, :, c, q]
+                else:
+                    frame["yhat"] = yhat[j, :, c]
+                rows.append(frame)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["unique_id", "ds", "cutoff", "yhat"])
+
+
+# --------------------------------------------------------------------------------------------- entry point
+def _epilog() -> str:
+    extra = ", ".join(sorted(EXTRA_COMMANDS))
+    text = "Run `tsattn fit --help` for every option; `--model NAME` takes any forecaster class name."
+    return text + (f" Other commands: {extra}." if extra else "")
+
+
+def _resolve_command(entry: Callable[[list[str]], int | None] | str) -> Callable[[list[str]], int | None]:
+    if callable(entry):
+        return entry
+    module, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    print(f"tsattn: error: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tsattn`` console script; returns 0, or exits non-zero with one line on stderr.
+
+    Errors from the data and models (a missing file, an unknown column, a horizon too long for the series, an
+    unknown model name) are printed as one line; set ``TSATTN_DEBUG=1`` for the traceback.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in EXTRA_COMMANDS:
+        code = _resolve_command(EXTRA_COMMANDS[args[0]])(args[1:])
+        return int(code or 0)
+    try:
+        TsattnCLI(args=None if argv is None else args)
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        if os.environ.get("TSATTN_DEBUG"):
+            raise
+        _fail(str(exc) or type(exc).__name__)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
