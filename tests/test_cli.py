@@ -259,3 +259,14 @@ def test_forecaster_class_names():
     assert cli.forecaster_class(cli.forecaster_class("Naive").__module__ + ".Naive").__name__ == "Naive"
     with pytest.raises(ValueError, match="choose one of"):
         cli.forecaster_class("Nope")
+
+
+def test_base_class_loads_the_saved_subclass(tmp_path, wide_csv):
+    """Forecaster.load_from_checkpoint finds the subclass a CLI checkpoint names, and its forecasts match."""
+    assert main(fit_args(wide_csv, tmp_path, "--model", "Linear")) == 0
+    path = best_checkpoint(tmp_path / "version_0")
+    loaded = Forecaster.load_from_checkpoint(path).eval()
+    direct = cli.forecaster_class("Linear").load_from_checkpoint(path).eval()
+    assert type(loaded).__name__ == "Linear"
+    past = torch.randn(2, loaded.lookback, loaded.n_channels)
+    assert torch.equal(loaded(past), direct(past))

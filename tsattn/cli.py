@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import pkgutil
 import re
 import sys
 import warnings
@@ -36,13 +35,11 @@ from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.loggers import CSVLogger
 
-import tsattn.models
 from tsattn.data import SeriesDataModule
 from tsattn.models.base import Forecaster
+from tsattn.models.registry import forecaster_class, forecaster_classes
 
-# Import every module of tsattn.models, exported or not, so each forecaster resolves by its short name.
-for _module in pkgutil.iter_modules(tsattn.models.__path__):
-    importlib.import_module(f"tsattn.models.{_module.name}")
+forecaster_classes()  # import every module of tsattn.models so each forecaster resolves by its short name
 
 __all__ = ["DEFAULT_MODEL", "EXTRA_COMMANDS", "TsattnCLI", "forecaster_class", "main"]
 
@@ -67,34 +64,6 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 
 # --------------------------------------------------------------------------------------------- model names
-def _all_forecasters() -> dict[str, type[Forecaster]]:
-    """Every imported concrete Forecaster subclass, by class name."""
-    found: dict[str, type[Forecaster]] = {}
-    stack = list(Forecaster.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if not cls.__name__.startswith("_"):
-            found.setdefault(cls.__name__, cls)
-    return found
-
-
-def forecaster_class(name: str) -> type[Forecaster]:
-    """Resolve a forecaster by short name (``Linear``) or import path (``tsattn.models.Linear``)."""
-    known = _all_forecasters()
-    if name in known:
-        return known[name]
-    if "." in name:
-        module, _, attr = name.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            cls = None
-        if isinstance(cls, type) and issubclass(cls, Forecaster):
-            return cls
-    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(known))}")
-
-
 def _class_path(name: str) -> str:
     cls = forecaster_class(name)
     return f"{cls.__module__}.{cls.__name__}"

@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import pickle
-import pkgutil
 import re
 import shutil
 import sys
@@ -66,6 +65,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tsattn.data import SeriesDataModule, read_series
 from tsattn.models.base import Forecaster
+from tsattn.models.registry import checkpoint_class, forecaster_class, forecaster_classes
 
 __all__ = [
     "CheckpointError",
@@ -75,7 +75,6 @@ __all__ = [
     "LoadedCheckpoint",
     "OutputExistsError",
     "forecast",
-    "forecaster_classes",
     "load_checkpoint",
     "main",
     "tidy_forecasts",
@@ -155,59 +154,19 @@ def _init_params(cls: type) -> set[str]:
     return params
 
 
-def forecaster_classes() -> dict[str, type[Forecaster]]:
-    """Every concrete forecaster already imported, after importing the modules of :mod:`tsattn.models`.
-
-    Only tsattn's own modules are imported here; a class named by a checkpoint is looked up, never imported.
-    """
-    import tsattn.models as models
-
-    for info in pkgutil.iter_modules(models.__path__, models.__name__ + "."):
-        try:
-            importlib.import_module(info.name)
-        except Exception as err:  # a broken or unfinished model module must not block the others
-            log.warning("could not import %s: %s", info.name, err)
-    found: dict[str, type[Forecaster]] = {}
-    stack = list(Forecaster.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if not cls.__name__.startswith("_") and not inspect.isabstract(cls):
-            found.setdefault(cls.__name__, cls)
-    return found
-
-
-def _class_by_name(name: str, known: dict[str, type[Forecaster]]) -> type[Forecaster]:
-    """``--model``: a short name, or an import path the user asked for (their choice to import it)."""
-    if name in known:
-        return known[name]
-    if "." in name:
-        module, _, attr = name.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            cls = None
-        if isinstance(cls, type) and issubclass(cls, Forecaster):
-            return cls
-    raise CheckpointError(f"unknown model {name!r}; choose one of: {', '.join(sorted(known))}")
-
-
 def _resolve_class(
     hparams: dict[str, Any], state_dict: dict[str, torch.Tensor], model: str | None
 ) -> type[Forecaster]:
-    known = forecaster_classes()
-    if model:
-        return _class_by_name(model, known)
-    path = hparams.get("_class_path")
-    if isinstance(path, str):
-        cls = known.get(path.rpartition(".")[2])
-        if cls is not None and (path.startswith("tsattn.") or path == f"{cls.__module__}.{cls.__qualname__}"):
-            return cls
-        raise CheckpointError(
-            f"the checkpoint names the model class {path!r}, which is not an imported tsattn forecaster; "
-            "tsattn never imports a module named by a checkpoint. If you trust it, pass --model " + path
-        )
-    return _identify_class(hparams, state_dict, known)
+    try:
+        if model:
+            return forecaster_class(model)
+        cls = checkpoint_class(hparams)
+    except ValueError as err:
+        msg = str(err)
+        if not model:
+            msg += "; if you trust it, pass --model " + str(hparams.get("_class_path"))
+        raise CheckpointError(msg) from None
+    return cls if cls is not None else _identify_class(hparams, state_dict, forecaster_classes())
 
 
 def _identify_class(

@@ -78,6 +78,28 @@ class Forecaster(L.LightningModule):
         # Persisted so a resumed or reloaded model does not refit its closed-form part.
         self.register_buffer("closed_form_fitted", torch.tensor(False))
 
+    @classmethod
+    def load_from_checkpoint(
+        cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, weights_only=True, **kwargs
+    ):
+        """Load a forecaster; called on ``Forecaster`` itself, the subclass is the one the checkpoint names.
+
+        Checkpoints hold only tensors and plain data, so they load with ``weights_only=True`` by default; the
+        class name is looked up among tsattn's imported forecasters only, so loading never runs code from the file.
+        """
+        if cls is Forecaster:
+            from tsattn.models.registry import checkpoint_class
+
+            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            sub = checkpoint_class(ckpt.get("hyper_parameters") or {})
+            if sub is None:
+                raise ValueError(
+                    f"{checkpoint_path} names no model class; load it with the forecaster class that saved it, "
+                    "e.g. Linear.load_from_checkpoint(path)"
+                )
+            return sub.load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
+
     # ----------------------------------------------------------------- network contract
     @property
     def n_outputs(self) -> int:
