@@ -189,9 +189,9 @@ def run_one(
         "epochs": trainer.current_epoch,
     }
     if name == "ema" and hasattr(model, "explain"):
-        row["decays"] = [[round(float(v), 4) for v in attn.attn.decays] for attn in model.net.blocks]
+        row["decays"] = [[round(float(v), 4) for v in attn.attn.decays.detach()] for attn in model.net.blocks]
         trend = model.net.trend
-        row["trend_decay"] = None if trend is None else round(float(trend.decay), 4)
+        row["trend_decay"] = None if trend is None else round(float(trend.decay.detach()), 4)
     return row
 
 
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
             batch_size=args.batch_size,
         )
         ridge_row = None
-        todo = names if "ridge" in names else ["ridge", *names]
+        todo = ["ridge", *(n for n in names if n != "ridge")]  # the reference first, for mse_vs_ridge
         for name in todo:
             cls = model_class(name)
             if cls is None:

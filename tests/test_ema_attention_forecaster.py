@@ -23,7 +23,9 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def dm(wide_frame) -> SeriesDataModule:
-    return SeriesDataModule(frame=wide_frame(n=300, channels=2), lookback=LOOKBACK, horizon=HORIZON, batch_size=32)
+    return SeriesDataModule(
+        frame=wide_frame(n=300, channels=2), lookback=LOOKBACK, horizon=HORIZON, batch_size=32
+    )
 
 
 def _train(model: EMAAttentionForecaster, dm: SeriesDataModule, steps: int = 3) -> None:
@@ -38,7 +40,9 @@ def _train(model: EMAAttentionForecaster, dm: SeriesDataModule, steps: int = 3) 
 @pytest.mark.parametrize("quantiles", [None, [0.1, 0.5, 0.9]], ids=["point", "quantile"])
 def test_starts_at_ridge_cycle(dm, quantiles) -> None:
     torch.manual_seed(0)
-    model = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, quantiles=quantiles, **SMALL)
+    model = EMAAttentionForecaster(
+        dm.n_channels, LOOKBACK, HORIZON, period=dm.period, quantiles=quantiles, **SMALL
+    )
     ridge = RidgeCycle(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, quantiles=quantiles)
     # the same data in the same order: both fit the same closed form (the train loader is shuffled)
     batches = list(dm._loader("train", shuffle=False))
@@ -48,7 +52,10 @@ def test_starts_at_ridge_cycle(dm, quantiles) -> None:
     batch = next(iter(dm.test_dataloader()))
     with torch.no_grad():
         torch.testing.assert_close(
-            model(batch["past"], batch["time_idx"]), ridge(batch["past"], batch["time_idx"]), atol=1e-5, rtol=1e-5
+            model(batch["past"], batch["time_idx"]),
+            ridge(batch["past"], batch["time_idx"]),
+            atol=1e-5,
+            rtol=1e-5,
         )
     # training moves it away from the start, and quantiles stay ordered
     model.train()
@@ -90,7 +97,11 @@ def test_explain_shapes(dm) -> None:
     "hparams",
     [
         {"patch_len": 1, "patch_stride": 1, "window": 6},  # step tokens
-        {"patch_len": 64, "trend_decay": None, "channel_embedding": False},  # one token longer than the window
+        {
+            "patch_len": 64,
+            "trend_decay": None,
+            "channel_embedding": False,
+        },  # one token longer than the window
         {"instance_norm": True, "linear_lr_scale": 0.0},
     ],
     ids=["steps", "one-token", "instance-norm"],

@@ -47,7 +47,9 @@ def _reference_ridge(past: np.ndarray, future: np.ndarray, alpha: float) -> np.n
 
 
 def test_ridge_matches_numpy(wide_frame) -> None:
-    dm = SeriesDataModule(frame=wide_frame(n=400, channels=3), lookback=LOOKBACK, horizon=HORIZON, batch_size=32)
+    dm = SeriesDataModule(
+        frame=wide_frame(n=400, channels=3), lookback=LOOKBACK, horizon=HORIZON, batch_size=32
+    )
     model = Ridge(dm.n_channels, LOOKBACK, HORIZON, alpha=0.05)
     model.fit_closed_form(dm.train_dataloader())  # shuffled: the statistics do not depend on the order
     past, future, _ = _train_windows(dm)
@@ -136,7 +138,9 @@ def test_phase_means_grow_and_dedupe() -> None:
 
 
 def test_ridge_quantiles_and_bad_arguments(wide_frame) -> None:
-    dm = SeriesDataModule(frame=wide_frame(n=300, channels=2), lookback=LOOKBACK, horizon=HORIZON, batch_size=32)
+    dm = SeriesDataModule(
+        frame=wide_frame(n=300, channels=2), lookback=LOOKBACK, horizon=HORIZON, batch_size=32
+    )
     model = RidgeCycle(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, quantiles=[0.1, 0.5, 0.9])
     model.fit_closed_form(dm.train_dataloader())
     batch = next(iter(dm.val_dataloader()))
