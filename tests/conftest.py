@@ -82,3 +82,14 @@ def etth1_path() -> Path:
 # Property tests draw from a fixed seed so a CI run is reproducible; `--hypothesis-seed` still explores.
 settings.register_profile("tsattn", derandomize=True, deadline=None)
 settings.load_profile("tsattn")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests use tiny tensors: a second intra-op thread only adds synchronisation (and stalls on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

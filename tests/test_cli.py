@@ -37,14 +37,6 @@ def _plain_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["tsattn"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: a second intra-op thread only adds synchronisation (and stalls badly on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def wide_csv(tmp_path_factory, wide_frame) -> Path:

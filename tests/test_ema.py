@@ -13,13 +13,6 @@ METHODS = ["loop", "matmul"]
 DECAYS = [0.5, 0.8, 0.9, 0.99, 0.999, 0.9999]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _loop_ema(x: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     """Reference: y_0 = x_0, y_t = λ y_{t-1} + (1-λ) x_t, one step at a time in float64."""

@@ -12,13 +12,6 @@ from tsattn.layers import AttentionState, EMAAttentionBlock, EMAHistoryAttention
 SIMS = ["cosine", "dot", "none"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _reference(m: EMAHistoryAttention, x: torch.Tensor, mask: torch.Tensor | None = None):
     """DESIGN §3 literally, one (sample, head, step, offset) at a time. Returns y (B, L, D), a (B, H, L, W)."""

@@ -13,13 +13,6 @@ LOOKBACK, HORIZON = 24, 6
 SMALL = {"d_model": 8, "n_heads": 2, "patch_len": 8, "patch_stride": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def dm(wide_frame) -> SeriesDataModule:

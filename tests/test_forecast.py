@@ -26,13 +26,6 @@ QUANTILES = [0.1, 0.5, 0.9]
 NO_BAR = ["--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _train(model: L.LightningModule, dm: SeriesDataModule, path: Path) -> Path:
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -33,15 +33,6 @@ FORECASTERS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared machine: intra-op threads only add contention (measured ~10x slower with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _forecaster_class(name: str) -> type:
     """The class exported by tsattn.models, else from its module; skip while that module has not landed."""
     models = importlib.import_module("tsattn.models")

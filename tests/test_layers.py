@@ -11,14 +11,6 @@ from tsattn.layers import EMA, EMAAttentionBlock, EMAHistoryAttention, GAM1d, HR
 D = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads only add contention on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 LAYERS = {
     "ema": lambda: EMA(D),

@@ -20,13 +20,6 @@ from tsattn.models.ridge import (
 LOOKBACK, HORIZON = 24, 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _train_windows(dm: SeriesDataModule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All training windows in order: past (N, L, C), future (N, H, C), time_idx (N,)."""
