@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import inspect
 import json
 import logging
-import math
 import sys
 import time
 import warnings
@@ -33,6 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from tsattn.data import SeriesDataModule
+from tsattn.models import BestWeights
 
 log = logging.getLogger("ltsf")
 
@@ -64,56 +63,6 @@ def model_class(name: str) -> type | None:
         if hasattr(mod, cls_name):
             return getattr(mod, cls_name)
     return None
-
-
-class BestWeights(Callback):
-    """Keep the weights with the lowest ``monitor`` in memory, counting the state before the first training step.
-
-    Early stopping alone restores nothing, and a checkpoint callback never sees the untrained model; a model that
-    starts at a closed-form solution (``EMAAttentionForecaster``) must be able to keep it when training does not
-    improve validation. Place this callback before any weight-averaging callback, so it sees the averaged weights
-    that validation used.
-    """
-
-    def __init__(self, monitor: str = "val/mse") -> None:
-        self.monitor = monitor
-        self.best_score = math.inf
-        self.best_epoch: int | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def _keep(self, score: float, epoch: int, module: L.LightningModule) -> None:
-        if score < self.best_score:
-            self.best_score, self.best_epoch = score, epoch
-            self.best_state = copy.deepcopy(module.state_dict())
-
-    @torch.no_grad()
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch != 0 or self.best_state is not None:
-            return
-        # the closed-form part was fitted in on_train_start; score the starting point like a validation epoch
-        was_training = pl_module.training
-        pl_module.eval()
-        sse, count = 0.0, 0
-        for batch in trainer.datamodule.val_dataloader():
-            batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            pred = pl_module.point(pl_module(batch["past"], batch.get("time_idx")))
-            sse += float(((pred - batch["future"]) ** 2).sum())
-            count += batch["future"].numel()
-        pl_module.train(was_training)
-        if count:
-            self._keep(sse / count, -1, pl_module)
-            log.info("start: %s %.4f", self.monitor, sse / count)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
-            return
-        score = float(trainer.callback_metrics[self.monitor])
-        log.info("epoch %d: %s %.4f", trainer.current_epoch, self.monitor, score)
-        self._keep(score, trainer.current_epoch, pl_module)
-
-    def restore(self, pl_module: L.LightningModule) -> None:
-        if self.best_state is not None:
-            pl_module.load_state_dict(self.best_state)
 
 
 def parse_hparams(items: list[str]) -> dict[str, dict[str, object]]:

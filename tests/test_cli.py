@@ -58,7 +58,9 @@ def fit_args(csv: Path, root: Path, *extra: str) -> list[str]:
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    (path,) = sorted((run_dir / "checkpoints").glob("best*.ckpt"))
+    """The checkpoint the run selected and tested (named in metrics.json)."""
+    path = Path(json.loads((run_dir / "metrics.json").read_text())["checkpoint"])
+    assert path.parent == run_dir / "checkpoints" and path.name.startswith("best")
     return path
 
 
@@ -142,6 +144,23 @@ def test_test_and_predict_from_saved_run(wide_csv, tmp_path, capsys):
     assert list(frame.columns[:4]) == ["unique_id", "ds", "cutoff", "yhat"]
     assert len(frame) == 6 * 3 and set(frame.unique_id) == {"x0", "x1", "x2"}
     assert pd.to_datetime(frame.ds).min() > pd.to_datetime(frame.cutoff).max()
+
+
+def test_closed_form_start_kept_when_training_hurts(wide_csv, tmp_path):
+    # A learning rate that wrecks every trained epoch: selection must keep the closed-form start (epoch -1),
+    # save it as best-start.ckpt, and test it, so the flagship scores exactly as RidgeCycle.
+    main(fit_args(wide_csv, tmp_path, "--model.optimizer", "SGD", "--model.optimizer.lr", "1e4",
+                  "--trainer.max_epochs", "2", "--compare", "RidgeCycle"))
+    run = tmp_path / "version_0"
+    path = best_checkpoint(run)
+    assert path.name == "best-start.ckpt"
+    rows = json.loads((run / "metrics.json").read_text())["test"]
+    flagship, ridge = rows[cli.DEFAULT_MODEL], rows["RidgeCycle"]
+    assert flagship["test/mse"] == pytest.approx(ridge["test/mse"], rel=1e-5)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert not state["net.head.1.weight"].any()  # the zero-initialised correction head, untouched
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert last["net.head.1.weight"].any()  # training did move it
 
 
 def test_ema_weights_option(wide_csv, tmp_path):

@@ -7,7 +7,9 @@
 
 Each run writes one folder ``<trainer.default_root_dir>/version_N/`` holding ``config.yaml`` (the full parsed
 config), ``metrics.csv`` (CSV logs), ``checkpoints/`` (the best by ``val/mse`` and ``last.ckpt``), ``metrics.json``
-(test metrics) and, with ``--plot true``, ``forecast.png``. After ``fit`` the best checkpoint is tested, and the
+(test metrics) and, with ``--plot true``, ``forecast.png``. Selection counts the state before the first training
+step: when a closed-form start (the flagship starts at ``RidgeCycle``) scores better on validation than every
+trained epoch, it is saved as ``checkpoints/best-start.ckpt``. After ``fit`` the best checkpoint is tested, and the
 models named by ``--compare`` are fitted and tested on the same data and shown beside it in one table.
 
 Channels, lookback, horizon and period are given once, to the data (``--data.*``), and linked to the model.
@@ -37,6 +39,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tsattn.data import SeriesDataModule
 from tsattn.models.base import Forecaster
+from tsattn.models.best_weights import BestWeights
 from tsattn.models.registry import forecaster_class, forecaster_classes
 
 forecaster_classes()  # import every module of tsattn.models so each forecaster resolves by its short name
@@ -216,8 +219,13 @@ class TsattnCLI(LightningCLI):
         if config.get("enable_checkpointing") is False or self.subcommand != "fit":
             # Only fit stops early and saves checkpoints (the Trainer refuses a ModelCheckpoint without them).
             callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, EarlyStopping))]
-        if self.subcommand == "fit" and self._get(self.config, "ema_weights"):
-            callbacks.append(EMAWeightAveraging(decay=self._get(self.config, "ema_decay")))
+        if self.subcommand == "fit":
+            monitor = self._get(self.config, "checkpoint").get("monitor") or "val/mse"
+            if monitor in ("val/mse", "val/mae"):
+                # first, so that it sees the averaged weights validation used when --ema_weights is on
+                callbacks.insert(0, BestWeights(monitor))
+            if self._get(self.config, "ema_weights"):
+                callbacks.append(EMAWeightAveraging(decay=self._get(self.config, "ema_decay")))
         return self._instantiate_trainer(config, callbacks)
 
     # ----------------------------------------------------------------- after the subcommands
@@ -226,8 +234,7 @@ class TsattnCLI(LightningCLI):
             return
         # The best checkpoint already holds the averaged weights; EMA's own reload would swap the raw ones back in.
         self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, WeightAveraging)]
-        ckpt = self.trainer.checkpoint_callback
-        ckpt_path = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
+        ckpt_path = _selected_checkpoint(self.trainer, self.model)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
@@ -238,7 +245,7 @@ class TsattnCLI(LightningCLI):
                 log.info("--compare %s skipped: it is the model being fitted", name)
                 continue
             rows[cls.__name__] = self._fit_and_test_baseline(cls)
-        self._report(rows, ckpt_path=ckpt.best_model_path if ckpt_path else None)
+        self._report(rows, ckpt_path=ckpt_path)
 
     def after_test(self) -> None:
         self._report({type(self.model).__name__: _pick_metrics(self.trainer.callback_metrics)},
@@ -274,15 +281,15 @@ class TsattnCLI(LightningCLI):
         model = cls(**sizes)
         trainer_cfg = dict(self._get(self.config_init, "trainer", default={}))
         checkpoint_cfg = {**self._get(self.config, "checkpoint").as_dict(), "dirpath": None}
-        trainer_cfg["callbacks"] = [EarlyStopping(**self._get(self.config, "early_stopping").as_dict())]
+        trainer_cfg["callbacks"] = [BestWeights(), EarlyStopping(**self._get(self.config, "early_stopping").as_dict())]
         if trainer_cfg.get("enable_checkpointing") is not False:
             trainer_cfg["callbacks"].append(ModelCheckpoint(**checkpoint_cfg))
         trainer_cfg["logger"] = CSVLogger(save_dir=self._run_dir(), name="compare", version=cls.__name__)
         trainer = self.trainer_class(**trainer_cfg)
         log.info("fitting %s for comparison", cls.__name__)
         trainer.fit(model, datamodule=dm)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        return _pick_metrics(trainer.test(model, datamodule=dm, ckpt_path=best or None, verbose=False))
+        best = _selected_checkpoint(trainer, model)
+        return _pick_metrics(trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False))
 
     def _report(self, rows: dict[str, dict[str, float]], ckpt_path: str | None) -> None:
         """Print the metrics table, write metrics.json and (with --plot) forecast.png into the run folder."""
@@ -302,6 +309,26 @@ class TsattnCLI(LightningCLI):
         if self._get(self.config, "plot"):
             path = write_forecast_plot(self.model, self.datamodule, run_dir / "forecast.png")
             print(f"plot: {path}")
+
+
+def _selected_checkpoint(trainer: Trainer, model: Forecaster) -> str | None:
+    """After fit: load the best validated weights into ``model`` and return the checkpoint that holds them.
+
+    That is ModelCheckpoint's best, unless `BestWeights` found the state before the first training step better
+    than every trained epoch (a closed-form start that training did not improve): then that state is saved as
+    ``best-start.ckpt`` beside the other checkpoints. None when nothing was checkpointed (test the model as is).
+    """
+    best = next((c for c in trainer.callbacks if isinstance(c, BestWeights)), None)
+    if best is not None:
+        best.restore(model)
+    ckpt = trainer.checkpoint_callback
+    dirpath = getattr(ckpt, "dirpath", None) if isinstance(ckpt, ModelCheckpoint) else None
+    if best is not None and best.start_won and dirpath:
+        path = Path(dirpath) / "best-start.ckpt"
+        trainer.save_checkpoint(path)
+        log.info("the start (%s %.4f) beat every trained epoch; saved as %s", best.monitor, best.best_score, path)
+        return str(path)
+    return (ckpt.best_model_path or None) if isinstance(ckpt, ModelCheckpoint) else None
 
 
 def _names(values: Sequence[str] | str | None) -> list[str]:

@@ -2,12 +2,14 @@
 
 from tsattn.models.base import Forecaster
 from tsattn.models.baselines import EMASmoother, Linear, Naive, SeasonalNaive
+from tsattn.models.best_weights import BestWeights
 from tsattn.models.ema_attention import EMAAttentionForecaster
 from tsattn.models.gam import GAMForecaster
 from tsattn.models.hrnet import HRNetForecaster
 from tsattn.models.ridge import Ridge, RidgeCycle
 
 __all__ = [
+    "BestWeights",
     "EMAAttentionForecaster",
     "EMASmoother",
     "Forecaster",

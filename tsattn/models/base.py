@@ -196,7 +196,7 @@ class Forecaster(L.LightningModule):
         if not bool(self.closed_form_fitted):
             loader = self.trainer.train_dataloader
             if loader is not None:
-                self.fit_closed_form(_DeviceLoader(loader, self.device))
+                self.fit_closed_form(DeviceLoader(loader, self.device))
             self.closed_form_fitted.fill_(True)
 
     def on_train_epoch_end(self) -> None:
@@ -221,7 +221,7 @@ class Forecaster(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class _DeviceLoader:
+class DeviceLoader:
     """Re-iterable view of a loader whose batches are moved to ``device``.
 
     Closed-form fits run before training, outside the Trainer's own batch transfer.
