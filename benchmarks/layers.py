@@ -14,6 +14,12 @@ Rows:
   previous size's time scaled quadratically) exceeds --mha-max-s, or its dense L×L scores would exceed --mha-max-gb.
 - The time of one EMAHistoryAttention.step() after 10 and after 10,000 steps.
 
+Allocator (CPU): tensors of tens of MB are served by glibc's malloc through fresh ``mmap`` pages that the kernel
+zeroes on first touch, so at large sizes a good part of the time is page faults, not the layer. The large-tensor
+rows are therefore measured twice (``--allocators``): with the default malloc, and with a malloc that keeps freed
+memory for reuse (``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``, the effect PyTorch's CPU tuning guide gets
+from jemalloc or tcmalloc). The Python loops use small tensors and are measured once.
+
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory held before the run; on CPU the growth
 of the process's peak resident set (``ru_maxrss``) during the runs, measured in a fresh subprocess per size
 (tracemalloc does not see torch's allocator). Times are the minimum over --repeats runs after one warm-up.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shlex
 import subprocess
@@ -70,6 +77,9 @@ def _child(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     B, L, D, H, W = args.batch, args.length, args.d_model, args.heads, args.window
+    if args.child == "ema":
+        _child_ema(args, device)
+        return
     x = torch.randn(B, L, D, device=device, requires_grad=True)
     if args.child == "ema_attention":
         layer = EMAHistoryAttention(D, H, W).to(device)
@@ -97,15 +107,34 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "peak_bytes": peak}))
 
 
-def _run_child(args: argparse.Namespace, kind: str, length: int) -> dict:
-    cmd = [
-        sys.executable, __file__, "--child", kind, "--length", str(length), "--batch", str(args.attn_batch),
-        "--d-model", "64", "--heads", "4", "--window", "64", "--device", args.device,
-        "--repeats", str(args.repeats),
-    ]  # fmt: skip
+def _child_ema(args: argparse.Namespace, device: torch.device) -> None:
+    """EMA and torch.cumsum forward+backward on one (B, L, C) tensor; print one JSON line."""
+    B, L, C = args.batch, args.length, args.d_model
+    torch.manual_seed(0)
+    x = torch.randn(B, L, C, device=device, requires_grad=True)
+    ema = EMA(C).to(device)
+    t_ema = _time(_fwd_bwd(ema, x), device, args.repeats)
+    t_cumsum = _time(_fwd_bwd(lambda v: v.cumsum(1), x), device, args.repeats)
+    print(json.dumps({"ema": t_ema, "cumsum": t_cumsum}))
+
+
+# glibc malloc settings that keep freed memory for reuse instead of returning it to the kernel
+KEEP_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+ALLOCATOR_NOTE = {"default": "", "keep": " [malloc keeps freed memory]"}
+
+
+def _run_child(
+    args: argparse.Namespace, kind: str, length: int, allocator: str = "default", **sizes: int
+) -> dict:
+    sizes = {"batch": args.attn_batch, "d-model": 64, "heads": 4, "window": 64, **sizes}
+    cmd = [sys.executable, __file__, "--child", kind, "--length", str(length), "--device", args.device,
+           "--repeats", str(args.repeats)]  # fmt: skip
+    for name, value in sizes.items():
+        cmd += [f"--{name}", str(value)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, **KEEP_MEMORY_ENV) if allocator == "keep" else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return {"error": f"failed (exit {proc.returncode}): {tail[:80]}"}
@@ -117,14 +146,9 @@ def _run_child(args: argparse.Namespace, kind: str, length: int) -> dict:
 
 def _ema_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str, str, str, str, str]]:
     B, L, C = args.ema_size
-    torch.manual_seed(0)
-    x = torch.randn(B, L, C, device=device, requires_grad=True)
-    ema = EMA(C).to(device)
-    t_ema = _time(_fwd_bwd(ema, x), device, args.repeats)
-    t_cumsum = _time(_fwd_bwd(lambda v: v.cumsum(1), x), device, args.repeats)
-
     scale = 8 if L >= 8 else 1
     Ls = L // scale
+    torch.manual_seed(0)
     xs = torch.randn(B, Ls, C, device=device, requires_grad=True)
     lam = torch.full((C,), 0.9, device=device, requires_grad=True)
 
@@ -147,42 +171,57 @@ def _ema_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str,
     t_index = _time(_fwd_bwd(loop_index, xs), device, 1, warmup=0) * scale
     size = f"B={B} L={L} C={C}"
     ms = "{:.1f} ms".format
-    return [
-        ("EMA fwd+bwd (tsattn)", size, ms(1e3 * t_ema), "", "1.0"),
-        ("torch.cumsum fwd+bwd", size, ms(1e3 * t_cumsum), "", f"EMA / cumsum = {t_ema / t_cumsum:.2f}×"),
-        (
-            f"Python loop over x.unbind(1), L={Ls} ×{scale}",
-            size,
-            ms(1e3 * t_unbind),
-            "",
-            f"loop / EMA = {t_unbind / t_ema:.1f}×",
-        ),
-        (
-            f"Python loop over x[:, t], L={Ls} ×{scale}",
-            size,
-            ms(1e3 * t_index),
-            "",
-            f"loop / EMA = {t_index / t_ema:.1f}× (backward O(L²): underestimated)",
-        ),
-    ]
+    rows, t_emas = [], {}
+    for allocator in args.allocators:
+        tag = ALLOCATOR_NOTE[allocator]
+        r = _run_child(args, "ema", L, allocator, batch=B, **{"d-model": C})
+        if "error" in r:
+            rows.append((f"EMA fwd+bwd (tsattn){tag}", size, "-", "", r["error"]))
+            continue
+        t_emas[allocator] = r["ema"]
+        rows += [
+            (f"EMA fwd+bwd (tsattn){tag}", size, ms(1e3 * r["ema"]), "", "1.0"),
+            (f"torch.cumsum fwd+bwd{tag}", size, ms(1e3 * r["cumsum"]), "",
+             f"EMA / cumsum = {r['ema'] / r['cumsum']:.2f}×"),
+        ]  # fmt: skip
+    for name, t_loop, extra in (
+        ("x.unbind(1)", t_unbind, ""),
+        ("x[:, t]", t_index, " (backward O(L²): underestimated)"),
+    ):
+        ratios = ", ".join(f"{t_loop / t:.1f}× ({a})" for a, t in t_emas.items())
+        rows.append(
+            (
+                f"Python loop over {name}, L={Ls} ×{scale}",
+                size,
+                ms(1e3 * t_loop),
+                "",
+                f"loop / EMA = {ratios}{extra}",
+            )
+        )
+    return rows
 
 
 def _attention_rows(args: argparse.Namespace) -> list[tuple[str, str, str, str, str]]:
+    return [row for allocator in args.allocators for row in _attention_rows_with(args, allocator)]
+
+
+def _attention_rows_with(args: argparse.Namespace, allocator: str) -> list[tuple[str, str, str, str, str]]:
+    tag = ALLOCATOR_NOTE[allocator]
     rows = []
     prev: tuple[int, float] | None = None
     mha_prev: tuple[int, float] | None = None
     for L in args.lengths:
         size = f"B={args.attn_batch} L={L} W=64 d=64 H=4"
-        r = _run_child(args, "ema_attention", L)
+        r = _run_child(args, "ema_attention", L, allocator)
         if "error" in r:
-            rows.append(("EMAHistoryAttention fwd+bwd", size, "-", "-", r["error"]))
+            rows.append((f"EMAHistoryAttention fwd+bwd{tag}", size, "-", "-", r["error"]))
             continue
         note = ""
         if prev is not None:
             note = f"t({L})/t({prev[0]}) = {r['seconds'] / prev[1]:.2f} (linear: {L / prev[0]:.0f})"
         prev = (L, r["seconds"])
         rows.append(
-            ("EMAHistoryAttention fwd+bwd", size, _fmt_s(r["seconds"]), _fmt_b(r["peak_bytes"]), note)
+            (f"EMAHistoryAttention fwd+bwd{tag}", size, _fmt_s(r["seconds"]), _fmt_b(r["peak_bytes"]), note)
         )
 
         dense_gb = 3 * args.attn_batch * 4 * L * L * 4 / 1e9  # scores, probabilities, their gradient (fp32)
@@ -190,7 +229,7 @@ def _attention_rows(args: argparse.Namespace) -> list[tuple[str, str, str, str, 
         if projected > args.mha_max_s:
             rows.append(
                 (
-                    "MultiheadAttention causal fwd+bwd",
+                    f"MultiheadAttention causal fwd+bwd{tag}",
                     size,
                     "skipped",
                     "-",
@@ -201,7 +240,7 @@ def _attention_rows(args: argparse.Namespace) -> list[tuple[str, str, str, str, 
         if dense_gb > args.mha_max_gb:
             rows.append(
                 (
-                    "MultiheadAttention causal fwd+bwd",
+                    f"MultiheadAttention causal fwd+bwd{tag}",
                     size,
                     "skipped",
                     "-",
@@ -209,14 +248,14 @@ def _attention_rows(args: argparse.Namespace) -> list[tuple[str, str, str, str, 
                 )
             )
             continue
-        m = _run_child(args, "mha", L)
+        m = _run_child(args, "mha", L, allocator)
         if "error" in m:
-            rows.append(("MultiheadAttention causal fwd+bwd", size, "-", "-", m["error"]))
+            rows.append((f"MultiheadAttention causal fwd+bwd{tag}", size, "-", "-", m["error"]))
             continue
         mha_prev = (L, m["seconds"])
         rows.append(
             (
-                "MultiheadAttention causal fwd+bwd",
+                f"MultiheadAttention causal fwd+bwd{tag}",
                 size,
                 _fmt_s(m["seconds"]),
                 _fmt_b(m["peak_bytes"]),
@@ -277,12 +316,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--allocators", nargs="+", choices=["default", "keep"], default=None,
+        help="malloc settings for the large-tensor rows (default on CPU: both; on CUDA: default)",
+    )  # fmt: skip
     parser.add_argument("--mha-max-s", type=float, default=60.0, help="skip MHA sizes projected slower")
     parser.add_argument(
         "--mha-max-gb", type=float, default=16.0, help="skip MHA sizes whose dense scores exceed"
     )
     # internal: one attention measurement in a fresh process
-    parser.add_argument("--child", choices=["ema_attention", "mha"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ema", "ema_attention", "mha"], help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--d-model", type=int, help=argparse.SUPPRESS)
@@ -310,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
             10_000,
         )
     device = torch.device(args.device)
+    if args.allocators is None:
+        args.allocators = ["default"] if device.type == "cuda" else ["default", "keep"]
     cmd = shlex.join(["python", "benchmarks/layers.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"$ {cmd}")
     print(
