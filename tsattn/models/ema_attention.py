@@ -158,8 +158,8 @@ class EMAAttentionForecaster(Forecaster):
       (low rank alone 0.442, frozen alone 0.448). At horizon 96 both are within a seed's noise of the full model
       (0.665 / 0.368 against 0.660-0.670 / 0.367-0.371).
     - At horizon 336 every variant's validation got worse from the first epoch: selection keeps the closed-form
-      start there, so the model is never worse than `RidgeCycle` on validation (the benchmark script scores the
-      start as epoch -1; a plain ModelCheckpoint would not).
+      start there, so the model is never worse than `RidgeCycle` on validation (`BestWeights`, used by the CLI
+      and the benchmark, scores the start as epoch -1; a plain ModelCheckpoint would not).
 
     Args:
         period: season length in steps (linked from the DataModule); None or 1: no cycle.
