@@ -119,6 +119,28 @@ def test_finite_and_window_only(dm, hparams) -> None:
         torch.testing.assert_close(model(changed, tidx)[1:], pred[1:])
 
 
+def test_context_limits_what_the_correction_reads(dm) -> None:
+    # context=12: the attention correction reads the last 12 steps; earlier steps reach the forecast only
+    # through the closed form
+    torch.manual_seed(0)
+    model = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, context=12, **SMALL)
+    model.fit_closed_form(dm.train_dataloader())
+    _train(model, dm, steps=3)
+    model.eval()
+    batch = next(iter(dm.val_dataloader()))
+    out = model.explain(batch)
+    assert model.net.n_tokens == 2 and out["trend"].shape == (batch["past"].shape[0], 12, dm.n_channels)
+    correction = out["forecast"] - out["closed_form"]
+    assert correction.abs().max() > 0  # training moved the correction away from zero
+    early = dict(batch, past=batch["past"].clone())
+    early["past"][:, : LOOKBACK - 12] += torch.randn_like(early["past"][:, : LOOKBACK - 12])
+    changed = model.explain(early)
+    torch.testing.assert_close(changed["forecast"] - changed["closed_form"], correction)
+    assert not torch.allclose(changed["closed_form"], out["closed_form"])
+    with pytest.raises(ValueError, match="context"):
+        EMAAttentionForecaster(2, LOOKBACK, HORIZON, context=0)
+
+
 def test_no_period_and_bad_arguments(dm) -> None:
     model = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=None, **SMALL)
     model.fit_closed_form(dm.train_dataloader())
