@@ -39,7 +39,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tsattn.data import SeriesDataModule
 from tsattn.models.base import Forecaster
-from tsattn.models.best_weights import BestWeights
+from tsattn.models.best_weights import MONITORS, BestWeights
 from tsattn.models.registry import forecaster_class, forecaster_classes
 
 forecaster_classes()  # import every module of tsattn.models so each forecaster resolves by its short name
@@ -220,10 +220,8 @@ class TsattnCLI(LightningCLI):
             # Only fit stops early and saves checkpoints (the Trainer refuses a ModelCheckpoint without them).
             callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, EarlyStopping))]
         if self.subcommand == "fit":
-            monitor = self._get(self.config, "checkpoint").get("monitor") or "val/mse"
-            if monitor in ("val/mse", "val/mae"):
-                # first, so that it sees the averaged weights validation used when --ema_weights is on
-                callbacks.insert(0, BestWeights(monitor))
+            # first, so that it sees the averaged weights validation used when --ema_weights is on
+            callbacks = self._best_weights() + callbacks
             if self._get(self.config, "ema_weights"):
                 callbacks.append(EMAWeightAveraging(decay=self._get(self.config, "ema_decay")))
         return self._instantiate_trainer(config, callbacks)
@@ -281,7 +279,9 @@ class TsattnCLI(LightningCLI):
         model = cls(**sizes)
         trainer_cfg = dict(self._get(self.config_init, "trainer", default={}))
         checkpoint_cfg = {**self._get(self.config, "checkpoint").as_dict(), "dirpath": None}
-        trainer_cfg["callbacks"] = [BestWeights(), EarlyStopping(**self._get(self.config, "early_stopping").as_dict())]
+        trainer_cfg["callbacks"] = [
+            *self._best_weights(), EarlyStopping(**self._get(self.config, "early_stopping").as_dict())
+        ]
         if trainer_cfg.get("enable_checkpointing") is not False:
             trainer_cfg["callbacks"].append(ModelCheckpoint(**checkpoint_cfg))
         trainer_cfg["logger"] = CSVLogger(save_dir=self._run_dir(), name="compare", version=cls.__name__)
@@ -290,6 +290,11 @@ class TsattnCLI(LightningCLI):
         trainer.fit(model, datamodule=dm)
         best = _selected_checkpoint(trainer, model)
         return _pick_metrics(trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False))
+
+    def _best_weights(self) -> list[BestWeights]:
+        """A `BestWeights` on the checkpoint's monitor, when it is one a start can be scored with (val/mse|mae)."""
+        monitor = self._get(self.config, "checkpoint").get("monitor") or "val/mse"
+        return [BestWeights(monitor)] if monitor in MONITORS else []
 
     def _report(self, rows: dict[str, dict[str, float]], ckpt_path: str | None) -> None:
         """Print the metrics table, write metrics.json and (with --plot) forecast.png into the run folder."""

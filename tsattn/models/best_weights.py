@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 
 from tsattn.models.base import DeviceLoader, Forecaster
 
-__all__ = ["START_EPOCH", "BestWeights"]
+__all__ = ["MONITORS", "START_EPOCH", "BestWeights"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ START_EPOCH = -1  # the epoch number given to the state before the first trainin
 
 # the validation metrics a start can be scored with: elementwise error of a point forecast, averaged
 _ERRORS = {"val/mse": lambda d: d.square(), "val/mae": lambda d: d.abs()}
+MONITORS = tuple(_ERRORS)
 
 
 class BestWeights(Callback):
