@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from tsattn.layers import EMA, EMAAttentionBlock
 from tsattn.models.base import Forecaster
-from tsattn.models.ridge import fit_ridge_cycle, phase_index, ridge_inputs
+from tsattn.models.ridge import cycle_period, fit_ridge_cycle, phase_index, ridge_inputs
 
 __all__ = ["EMAAttentionForecaster", "PatchEMAAttention"]
 
@@ -215,15 +215,10 @@ class EMAAttentionForecaster(Forecaster):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        if revin:
-            raise ValueError(
-                "EMAAttentionForecaster needs revin=False: its cycle is fitted on the scaled series, not per window"
-            )
+        season = cycle_period("EMAAttentionForecaster", period, revin)  # a new name: the hparams keep `period` as given
         if loss is None and not quantiles:
             loss = nn.L1Loss()  # measured: MAE training beats MSE training on validation and test MSE alike
         super().__init__(n_channels, lookback, horizon, quantiles, revin, loss, optimizer, lr_scheduler)
-        if period is not None and int(period) < 1:
-            raise ValueError(f"period must be a positive integer or None, got {period!r}")
         if alpha is not None and not float(alpha) > 0:
             raise ValueError(f"alpha must be a positive number or None, got {alpha!r}")
         if linear_lr_scale < 0:
@@ -232,7 +227,7 @@ class EMAAttentionForecaster(Forecaster):
             raise ValueError(f"context must be a positive number of steps or None, got {context!r}")
         if trend_decay is not None and not 0.0 < trend_decay < 1.0:
             raise ValueError(f"trend_decay must be in (0, 1) or None, got {trend_decay!r}")
-        self.period = int(period) if period else 1
+        self.period = season
         self.context = self.lookback if context is None else min(int(context), self.lookback)
         self.alpha = None if alpha is None else float(alpha)
         self.linear_lr_scale = float(linear_lr_scale)

@@ -32,6 +32,7 @@ __all__ = [
     "Ridge",
     "RidgeCycle",
     "RidgeStats",
+    "cycle_period",
     "fit_ridge_cycle",
     "phase_index",
     "ridge_inputs",
@@ -171,6 +172,15 @@ class PhaseMeans:
         overall = sums.sum(0) / counts.sum()
         means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1.0)[:, None], overall)
         return torch.from_numpy(means)
+
+
+def cycle_period(owner: str, period: int | None, revin: bool) -> int:
+    """Season length of a forecaster with a fitted cycle (1: no cycle); refuses RevIN and a period below 1."""
+    if revin:
+        raise ValueError(f"{owner} needs revin=False: its cycle is fitted on the scaled series, not per window")
+    if period is not None and int(period) < 1:
+        raise ValueError(f"period must be a positive integer or None, got {period!r}")
+    return int(period) if period else 1
 
 
 def phase_index(time_idx: Tensor | None, lookback: int, horizon: int, period: int, device=None) -> Tensor:
@@ -340,16 +350,11 @@ class RidgeCycle(Ridge):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        if revin:
-            raise ValueError(
-                "RidgeCycle needs revin=False: its cycle is fitted on the scaled series, not per window"
-            )
+        season = cycle_period("RidgeCycle", period, revin)  # a new name: the hparams keep `period` as given
         super().__init__(
             n_channels, lookback, horizon, alpha, quantiles, revin, loss, optimizer, lr_scheduler
         )
-        if period is not None and int(period) < 1:
-            raise ValueError(f"period must be a positive integer or None, got {period!r}")
-        self.period = int(period) if period else 1
+        self.period = season
         if self.period == 1:
             log.info("RidgeCycle: no period given; the cycle is constant and this equals Ridge")
         self.cycle = torch.zeros(self.period, self.n_channels)  # re-registered buffer (P, C)
