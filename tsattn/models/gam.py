@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tsattn.layers.gam import GAM1d
 from tsattn.models.base import Forecaster
 from tsattn.models.baselines import DecompLinear
+from tsattn.models.readout import StepReadout
 
 __all__ = ["GAMBlock", "GAMForecaster"]
 
@@ -79,19 +80,11 @@ class GAMForecaster(Forecaster):
             GAMBlock(d_model, reduction, kernel_size, dropout) for _ in range(n_blocks)
         )
         self.norm = nn.LayerNorm(d_model)
-        self.time_head = nn.Linear(self.lookback, self.horizon)
-        self.out = nn.Linear(d_model, self.n_channels * self.n_outputs)
-        nn.init.zeros_(self.out.weight)  # start at the DLinear forecast
-        nn.init.zeros_(self.out.bias)
+        self.readout = StepReadout(self.lookback, self.horizon, d_model, self.n_channels, self.n_outputs)
 
     def forecast(self, past: Tensor, time_idx: Tensor | None) -> Tensor:
         """past (B, L, C) -> (B, H, C, Q)."""
-        b = past.shape[0]
         h = self.embed(past)  # (B, L, d)
         for block in self.blocks:
             h = block(h)
-        h = self.time_head(self.norm(h).transpose(1, 2)).transpose(
-            1, 2
-        )  # (B, d, L) -> (B, d, H) -> (B, H, d)
-        correction = self.out(h).view(b, self.horizon, self.n_channels, self.n_outputs)  # (B, H, C, Q)
-        return self.skip(past) + correction
+        return self.skip(past) + self.readout(self.norm(h))  # (B, H, C, Q)

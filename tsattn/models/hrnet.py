@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tsattn.layers.hrnet import HRNet1d
 from tsattn.models.base import Forecaster
 from tsattn.models.baselines import DecompLinear
+from tsattn.models.readout import StepReadout
 
 __all__ = ["HRNetForecaster"]
 
@@ -76,15 +77,9 @@ class HRNetForecaster(Forecaster):
             dropout=dropout,
             similarity=similarity,
         )
-        self.time_head = nn.Linear(self.lookback, self.horizon)
-        self.out = nn.Linear(d_model, self.n_channels * self.n_outputs)
-        nn.init.zeros_(self.out.weight)  # start at the DLinear forecast
-        nn.init.zeros_(self.out.bias)
+        self.readout = StepReadout(self.lookback, self.horizon, d_model, self.n_channels, self.n_outputs)
 
     def forecast(self, past: Tensor, time_idx: Tensor | None) -> Tensor:
         """past (B, L, C) -> (B, H, C, Q)."""
-        b = past.shape[0]
         h = self.encoder(self.embed(past))  # (B, L, d), normalised by the encoder
-        h = self.time_head(h.transpose(1, 2)).transpose(1, 2)  # (B, d, L) -> (B, d, H) -> (B, H, d)
-        correction = self.out(h).view(b, self.horizon, self.n_channels, self.n_outputs)  # (B, H, C, Q)
-        return self.skip(past) + correction
+        return self.skip(past) + self.readout(h)  # (B, H, C, Q)
