@@ -424,7 +424,7 @@ def test_time_index_hourly_phase():
     np.testing.assert_array_equal(np.diff(ti), 1)
 
 
-@pytest.mark.parametrize(("freq", "period"), [("D", 7), ("B", 5), ("MS", 12), ("15min", 96), ("W-SUN", None)])
+@pytest.mark.parametrize(("freq", "period"), [("D", 7), ("B", 5), ("MS", 12), ("15min", 96), ("W-SUN", None), ("QS", 4)])
 def test_time_index_consistent_phase(freq, period):
     ds = pd.date_range("1999-03-03", periods=60, freq=freq)
     ti = time_index(ds, freq)
@@ -438,6 +438,8 @@ def test_time_index_consistent_phase(freq, period):
         np.testing.assert_array_equal(ti % 12, ds.month - 1)
     if freq == "15min":
         np.testing.assert_array_equal(ti % 96, ds.hour * 4 + ds.minute // 15)
+    if freq == "QS":
+        np.testing.assert_array_equal(ti % 4, (ds.month - 1) // 3)
 
 
 def test_time_index_none_is_row_numbers():
@@ -460,6 +462,9 @@ def test_time_index_none_is_row_numbers():
         ("s", None),
         ("5h", None),
         ("W-SUN", None),
+        ("QS-JAN", 4),
+        ("QE", 4),
+        ("YS", None),
         (None, None),
     ],
 )
