@@ -8,6 +8,11 @@ on the scaled values, averaged over windows x steps x channels.
     python benchmarks/ltsf.py --csv ../shared/data/ETTh1.csv --split ett-hour --lookback 96 \\
         --horizon 96 --horizon 192 --model ema --model ridge --model ridge-cycle --json results.json
 
+Each learned fit has a time budget (``--max-fit-minutes``, default 8): when it runs out, Lightning stops after the
+current batch, validates once more and the best validated weights so far are kept, so no run exceeds ten minutes
+on a data set of any size. ``--missing`` passes gaps through the DataModule's rule (e.g. ``ignore`` for trading
+days).
+
 Models: ema (EMAAttentionForecaster), gam, hrnet, linear, naive, ridge, ridge-cycle. ``--hparam ema.d_model=64``
 overrides a hyperparameter of one model (values parsed as Python literals). ``mse_vs_ridge`` is the test MSE over
 that of `Ridge` on the same splits (the ridge is always fitted: it takes seconds).
@@ -24,11 +29,12 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 
 from tsattn.data import SeriesDataModule
 from tsattn.models import BestWeights
@@ -116,6 +122,7 @@ def run_one(
         num_sanity_val_steps=0,
         deterministic=False,
         gradient_clip_val=args.gradient_clip if learned else None,
+        max_time=timedelta(minutes=args.max_fit_minutes) if learned and args.max_fit_minutes > 0 else None,
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -136,6 +143,7 @@ def run_one(
         "val_mse": round(best.best_score, 5),
         "best_epoch": best.best_epoch,
         "epochs": trainer.current_epoch,
+        "budget_hit": any(isinstance(c, Timer) and c.time_remaining() <= 0 for c in trainer.callbacks),
     }
     if name == "ema" and hasattr(model, "explain"):
         row["decays"] = [[round(float(v), 4) for v in attn.attn.decays.detach()] for attn in model.net.blocks]
@@ -167,7 +175,11 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     parser.add_argument("--period", type=int, default=None, help="season in steps (default: inferred from the frequency)")
     parser.add_argument("--json", type=Path, default=None, help="write the result rows here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--missing", default="error", choices=["error", "ffill", "interpolate", "ignore"],
+                        help="gaps and NaNs in the CSV (SeriesDataModule's missing=)")
     parser.add_argument("--max-epochs", type=int, default=10)
+    parser.add_argument("--max-fit-minutes", type=float, default=8.0,
+                        help="time budget of one learned fit; the best validated weights so far are kept (0: none)")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--gradient-clip", type=float, default=1.0)
@@ -197,6 +209,7 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
             horizon=horizon,
             split=args.split,
             period=args.period,
+            missing=args.missing,
             batch_size=args.batch_size,
         )
         ridge_row = None
