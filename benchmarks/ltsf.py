@@ -202,16 +202,21 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     hparams = parse_hparams(args.hparam)
 
     rows: list[dict[str, object]] = []
+    dm = None
     for horizon in horizons:
-        dm = SeriesDataModule(
-            path=args.csv,
-            lookback=args.lookback,
-            horizon=horizon,
-            split=args.split,
-            period=args.period,
-            missing=args.missing,
-            batch_size=args.batch_size,
-        )
+        try:
+            dm = SeriesDataModule(
+                path=args.csv,
+                lookback=args.lookback,
+                horizon=horizon,
+                split=args.split,
+                period=args.period,
+                missing=args.missing,
+                batch_size=args.batch_size,
+            )
+        except (ValueError, FileNotFoundError) as err:  # bad or too short data: say so, go on with the others
+            emit(f"# horizon {horizon} skipped: {err}")
+            continue
         ridge_row = None
         todo = ["ridge", *(n for n in names if n != "ridge")]  # the reference first, for mse_vs_ridge
         for name in todo:
@@ -228,7 +233,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
                 log.info("%s", row)
                 if args.verbose:
                     emit(json.dumps(row))
-    emit(f"# {Path(args.csv).name}, split {args.split}, lookback {args.lookback}, period {dm.period}, seed {args.seed}")
+    period = dm.period if dm is not None else args.period
+    emit(f"# {Path(args.csv).name}, split {args.split}, lookback {args.lookback}, period {period}, seed {args.seed}")
     emit(format_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))

