@@ -281,3 +281,16 @@ def test_base_class_loads_the_saved_subclass(tmp_path, wide_csv):
     assert type(loaded).__name__ == "Linear"
     past = torch.randn(2, loaded.lookback, loaded.n_channels)
     assert torch.equal(loaded(past), direct(past))
+
+
+def test_metrics_table_keeps_columns_apart_for_large_values() -> None:
+    rows = {
+        "EMAAttentionForecaster": {"test/mse": 0.0498, "test/mae": 0.1383, "test/mae_orig": 2429719.25},
+        "Naive": {"test/mse": 0.0711, "test/mae": 0.1518, "test/mae_orig": 17.49},
+        "Huge": {"test/mse": 1.0, "test/mae": 1.0, "test/mae_orig": 3e12},
+    }
+    lines = cli._metrics_table(rows, lookback=96, horizon=24).splitlines()[3:]
+    parsed = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines}
+    assert parsed["EMAAttentionForecaster"] == pytest.approx([0.0498, 0.1383, 2429719], rel=1e-6)
+    assert parsed["Naive"] == pytest.approx([0.0711, 0.1518, 17.49])
+    assert parsed["Huge"][2] == pytest.approx(3e12)

@@ -355,18 +355,28 @@ def _pick_metrics(results: Any) -> dict[str, float]:
 
 
 def _metrics_table(rows: dict[str, dict[str, float]], lookback: int, horizon: int) -> str:
-    header = f"{'model':<24}" + "".join(f"{m.split('/', 1)[1]:>12}" for m in METRICS)
+    header = f"{'model':<24}" + "".join(f" {m.split('/', 1)[1]:>11}" for m in METRICS)
     lines = [f"test metrics (lookback {lookback}, horizon {horizon}; mse/mae on scaled values, mae_orig in "
              "original units)", header, "-" * len(header)]
     for name, metrics in rows.items():
-        cells = "".join(f"{metrics.get(m, math.nan):>12.4f}" for m in METRICS)
+        cells = "".join(f" {_number(metrics.get(m, math.nan)):>11}" for m in METRICS)
         lines.append(f"{name:<24}{cells}")
     return "\n".join(lines)
 
 
+def _number(value: float) -> str:
+    """Four decimals; whole numbers from a million on (MAE in original units); exponent from 10^10 on."""
+    if abs(value) < 1e6 or math.isnan(value):
+        return f"{value:.4f}"
+    return f"{value:.0f}" if abs(value) < 1e10 else f"{value:.4e}"
+
+
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a temporary file beside *path*, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 @torch.no_grad()
