@@ -9,8 +9,9 @@ on the scaled values, averaged over windows x steps x channels.
         --horizon 96 --horizon 192 --model ema --model ridge --model ridge-cycle --json results.json
 
 Each learned fit has a time budget (``--max-fit-minutes``, default 8): when it runs out, Lightning stops after the
-current batch, validates once more and the best validated weights so far are kept, so no run exceeds ten minutes
-on a data set of any size. ``--missing`` passes gaps through the DataModule's rule (e.g. ``ignore`` for trading
+current batch, validates once more and the best validated weights so far are kept. On large panels, where
+validating and testing take minutes themselves, training also stops when only the estimated time for a last
+validation and the test is left of ``--max-run-minutes`` (default 10), so that no run exceeds it. ``--missing`` passes gaps through the DataModule's rule (e.g. ``ignore`` for trading
 days).
 
 Models: ema (EMAAttentionForecaster), gam, hrnet, linear, naive, ridge, ridge-cycle. ``--hparam ema.d_model=64``
@@ -87,6 +88,29 @@ def parse_hparams(items: list[str]) -> dict[str, dict[str, object]]:
     return out
 
 
+class RunDeadline(Callback):
+    """Stop training early enough that the whole run (fit, a last validation, test) ends within ``seconds``.
+
+    The evaluation still to come is estimated from the timed validation pass that `BestWeights` makes of the start:
+    one more validation, plus a test pass scaled by the number of test over validation windows. On large panels
+    this, not the fit budget, is what stops training.
+    """
+
+    def __init__(self, seconds: float, best: BestWeights, test_per_val: float) -> None:
+        self.seconds, self.best, self.test_per_val = seconds, best, test_per_val
+        self.started = time.perf_counter()
+        self.deadline: float | None = None
+        self.hit = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.deadline is None and self.best.start_seconds is not None:
+            evaluation = self.best.start_seconds * (1.0 + self.test_per_val)
+            self.deadline = self.started + self.seconds - 1.2 * evaluation
+        if self.deadline is not None and time.perf_counter() > self.deadline and not trainer.should_stop:
+            log.info("run deadline: training stops now to leave time for validation and test")
+            trainer.should_stop = self.hit = True
+
+
 def run_one(
     name: str,
     cls: type,
@@ -106,6 +130,9 @@ def run_one(
     callbacks: list[Callback] = [best]
     if learned:
         callbacks.append(EarlyStopping(monitor="val/mse", patience=args.patience, mode="min"))
+        if args.max_run_minutes > 0:
+            test_per_val = dm.num_windows("test") / max(dm.num_windows("val"), 1)
+            callbacks.append(RunDeadline(60 * args.max_run_minutes, best, test_per_val))
         if args.ema_weights:
             from lightning.pytorch.callbacks import EMAWeightAveraging
 
@@ -143,7 +170,10 @@ def run_one(
         "val_mse": round(best.best_score, 5),
         "best_epoch": best.best_epoch,
         "epochs": trainer.current_epoch,
-        "budget_hit": any(isinstance(c, Timer) and c.time_remaining() <= 0 for c in trainer.callbacks),
+        "budget_hit": any(
+            (isinstance(c, Timer) and c.time_remaining() <= 0) or (isinstance(c, RunDeadline) and c.hit)
+            for c in trainer.callbacks
+        ),
     }
     if name == "ema" and hasattr(model, "explain"):
         row["decays"] = [[round(float(v), 4) for v in attn.attn.decays.detach()] for attn in model.net.blocks]
@@ -180,6 +210,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--max-fit-minutes", type=float, default=8.0,
                         help="time budget of one learned fit; the best validated weights so far are kept (0: none)")
+    parser.add_argument("--max-run-minutes", type=float, default=10.0,
+                        help="fit + last validation + test of one model; training stops in time for both (0: none)")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--gradient-clip", type=float, default=1.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 
 import lightning as L
 import torch
@@ -33,7 +34,8 @@ class BestWeights(Callback):
     """Keep, in memory, the weights with the lowest validation MSE, counting the start as epoch -1.
 
     Put it before any weight-averaging callback, so that it sees the (averaged) weights validation used. After
-    ``Trainer.fit``, `restore` loads the kept weights into the module; `start_won` says whether they are the start.
+    ``Trainer.fit``, `restore` loads the kept weights into the module; `start_won` says whether they are the start;
+    `start_seconds` is how long scoring the start took (one pass over the validation loader).
 
     Args:
         monitor: the logged validation metric to minimise, ``val/mse`` or ``val/mae`` (the start is scored with
@@ -47,6 +49,7 @@ class BestWeights(Callback):
         self.best_score = math.inf
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.start_seconds: float | None = None
 
     @property
     def start_won(self) -> bool:
@@ -67,6 +70,7 @@ class BestWeights(Callback):
             log.info("BestWeights: no DataModule or not a Forecaster; the start is not scored")
             return
         # closed-form parts were fitted in on_train_start: score the start like a validation epoch
+        started = time.perf_counter()
         was_training = pl_module.training
         pl_module.eval()
         error, total, count = _ERRORS[self.monitor], 0.0, 0
@@ -75,6 +79,7 @@ class BestWeights(Callback):
             total += float(error(pred - batch["future"]).sum())
             count += batch["future"].numel()
         pl_module.train(was_training)
+        self.start_seconds = time.perf_counter() - started
         if count:
             self._keep(total / count, START_EPOCH, pl_module)
             log.info("start: %s %.4f", self.monitor, total / count)
