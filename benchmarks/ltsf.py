@@ -11,8 +11,9 @@ on the scaled values, averaged over windows x steps x channels.
 Each learned fit has a time budget (``--max-fit-minutes``, default 8): when it runs out, Lightning stops after the
 current batch, validates once more and the best validated weights so far are kept. On large panels, where
 validating and testing take minutes themselves, training also stops when only the estimated time for a last
-validation and the test is left of ``--max-run-minutes`` (default 10), so that no run exceeds it. ``--missing`` passes gaps through the DataModule's rule (e.g. ``ignore`` for trading
-days).
+validation and the test is left of ``--max-run-minutes`` (default 10), so that no run exceeds it. ``--missing``
+passes gaps through the DataModule's rule (e.g. ``ignore`` for trading days). A horizon the data is too short for
+is skipped with one line saying why.
 
 Models: ema (EMAAttentionForecaster), gam, hrnet, linear, naive, ridge, ridge-cycle. ``--hparam ema.d_model=64``
 overrides a hyperparameter of one model (values parsed as Python literals). ``mse_vs_ridge`` is the test MSE over
