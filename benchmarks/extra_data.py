@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace CSVs that are already there")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    series = frames()  # first: a missing package stops here, before anything is written
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, frame in frames().items():
+    for name, frame in series.items():
         path = args.out / f"{name}.csv"
         if path.exists() and not args.overwrite:
             raise SystemExit(f"{path} exists; pass --overwrite to replace it")
