@@ -83,6 +83,9 @@ def ema_history_attention(
     """
     B, H, L, dk = q.shape
     W = window
+    # heads first internally: the prior (H, 1, 1, P, K) then broadcasts over the adjacent batch and block axes,
+    # whose joint gradient sum is one pass (summing over two separated axes is ~10x slower on CPU)
+    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # (H, B, L, d)
     P = max(1, min(block or min(64, max(16, W // 2)), W))
     K = P + W - 1  # keys that can reach a block of P queries
     N = -(-L // P)
@@ -94,13 +97,13 @@ def ema_history_attention(
     d = (W - 1) + i[:, None] - j[None, :]  # (P, K)
     in_band = (d >= 0) & (d < W)
     prior = d.clamp(0, W - 1).to(sdtype) * log_decay.to(sdtype)[:, None, None]  # (H, P, K)
-    bias = prior.masked_fill(~in_band, _EXCLUDED)[:, None]  # (H, 1, P, K)
+    bias = prior.masked_fill(~in_band, _EXCLUDED)[:, None, None]  # (H, 1, 1, P, K)
     if dk > 0:
-        qb = F.pad(q, (0, 0, 0, Lp - L)).unflatten(2, (N, P))  # (B, H, N, P, dk)
-        kwin = F.pad(k, (0, 0, W - 1, Lp - L)).unfold(2, K, P)  # (B, H, N, dk, K)
-        scores = (qb @ kwin).to(sdtype) + bias  # (B, H, N, P, K)
+        qb = F.pad(q, (0, 0, 0, Lp - L)).unflatten(2, (N, P))  # (H, B, N, P, dk)
+        kwin = F.pad(k, (0, 0, W - 1, Lp - L)).unfold(2, K, P)  # (H, B, N, dk, K)
+        scores = (qb @ kwin).to(sdtype) + bias  # (H, B, N, P, K)
     else:
-        scores = bias.expand(B if mask is not None else 1, H, N, P, K).clone()
+        scores = bias.expand(H, B if mask is not None else 1, N, P, K).clone()
     if mask is None:
         # keys before the series start are excluded (not zero keys); only blocks n·P < W-1 see them
         start = (torch.arange(N, device=q.device)[:, None, None] * P + i[:, None] - d) < 0  # (N, P, K)
@@ -110,15 +113,15 @@ def ema_history_attention(
         weights = torch.softmax(scores, dim=-1)
     else:
         keys = F.pad(mask.to(device=q.device, dtype=torch.bool), (W - 1, Lp - L), value=False)
-        keys = keys.unfold(1, K, P)[:, None, :, None, :]  # (B, 1, N, 1, K)
+        keys = keys.unfold(1, K, P)[None, :, :, None, :]  # (1, B, N, 1, K)
         scores = scores.masked_fill(~keys, _EXCLUDED)
-        any_valid = (keys & in_band).any(-1, keepdim=True)  # (B, 1, N, P, 1)
+        any_valid = (keys & in_band).any(-1, keepdim=True)  # (1, B, N, P, 1)
         weights = torch.softmax(scores, dim=-1) * any_valid  # rows with no valid key give c = 0
-    vwin = F.pad(v, (0, 0, W - 1, Lp - L)).unfold(2, K, P).transpose(-1, -2)  # (B, H, N, K, dv)
-    c = weights.to(v.dtype) @ vwin  # (B, H, N, P, dv); out-of-band weights are exactly 0
-    c = c.flatten(2, 3)[:, :, :L]  # (B, H, L, dv)
+    vwin = F.pad(v, (0, 0, W - 1, Lp - L)).unfold(2, K, P).transpose(-1, -2)  # (H, B, N, K, dv)
+    c = weights.to(v.dtype) @ vwin  # (H, B, N, P, dv); out-of-band weights are exactly 0
+    c = c.flatten(2, 3)[:, :, :L].transpose(0, 1)  # (B, H, L, dv)
     if return_weights:
-        band = _band(weights).flatten(2, 3)[:, :, :L]  # (B|1, H, L, W), w = W-1-d
+        band = _band(weights).flatten(2, 3)[:, :, :L].transpose(0, 1)  # (B|1, H, L, W), w = W-1-d
         return c, band.flip(-1).expand(B, H, L, W)
     return c
 
