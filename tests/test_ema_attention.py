@@ -254,3 +254,25 @@ def test_block_passes_mask_and_weights_and_streams() -> None:
         blk.ff[-1].weight.zero_()
         blk.ff[-1].bias.zero_()
     torch.testing.assert_close(blk(x), x)
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_batch_chunks_equal_the_whole_batch(sim: str) -> None:
+    # chunk_mib so small that every sequence is its own chunk, against the whole batch at once
+    m = _model(sim)
+    x = torch.randn(5, 11, 8, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(5, 11) > 0.3
+    assert m._chunk_size(x) == 5  # a small input is never split at the default budget
+    for kwargs in ({}, {"mask": mask}):
+        m.chunk_mib = None
+        y, w = m(x, return_weights=True, **kwargs)
+        (gx,) = torch.autograd.grad((y * torch.arange(y.numel()).view_as(y)).sum(), x)
+        m.chunk_mib = 1e-9
+        assert m._chunk_size(x) == 1
+        y1, w1 = m(x, return_weights=True, **kwargs)
+        (gx1,) = torch.autograd.grad((y1 * torch.arange(y1.numel()).view_as(y1)).sum(), x)
+        torch.testing.assert_close(y1, y, rtol=0, atol=1e-12)
+        torch.testing.assert_close(w1, w, rtol=0, atol=1e-12)
+        torch.testing.assert_close(gx1, gx, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="chunk_mib"):
+        EMAHistoryAttention(8, 2, 5, chunk_mib=0)

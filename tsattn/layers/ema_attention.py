@@ -55,6 +55,11 @@ def _band(s: Tensor) -> Tensor:
     return s.as_strided((*s.shape[:-1], W), (*s.stride()[:-2], K + 1, 1), s.storage_offset())
 
 
+def _block_length(window: int, block: int | None = None) -> int:
+    """Query block length P: *block*, or W/2 within [16, 64]; never more than W."""
+    return max(1, min(block or min(64, max(16, window // 2)), window))
+
+
 def ema_history_attention(
     q: Tensor,
     k: Tensor,
@@ -86,7 +91,7 @@ def ema_history_attention(
     # heads first internally: the prior (H, 1, 1, P, K) then broadcasts over the adjacent batch and block axes,
     # whose joint gradient sum is one pass (summing over two separated axes is ~10x slower on CPU)
     q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # (H, B, L, d)
-    P = max(1, min(block or min(64, max(16, W // 2)), W))
+    P = _block_length(W, block)
     K = P + W - 1  # keys that can reach a block of P queries
     N = -(-L // P)
     Lp = N * P
@@ -135,6 +140,10 @@ class EMAHistoryAttention(nn.Module):
         window: history length W, including the current step.
         similarity: "cosine" (default), "dot" (scaled by 1/√d_head) or "none" (pure EMA prior).
         min_temperature, max_temperature: clamp of the learnable τ_h.
+        chunk_mib: on CPU, `forward` runs the batch in chunks of sequences whose attention scores take at most
+            this many MiB (at least one sequence per chunk); None runs the whole batch at once. A bounded working
+            set is faster on CPU, where every tensor above the allocator's mmap threshold (32 MiB in glibc) comes
+            from fresh pages. GPUs, which cache their memory, always get the whole batch.
     """
 
     def __init__(
@@ -145,6 +154,7 @@ class EMAHistoryAttention(nn.Module):
         similarity: str = "cosine",
         min_temperature: float = 0.01,
         max_temperature: float = 100.0,
+        chunk_mib: float | None = 16.0,
     ) -> None:
         super().__init__()
         if d_model % n_heads:
@@ -153,6 +163,9 @@ class EMAHistoryAttention(nn.Module):
             raise ValueError(f"window must be >= 1, got {window}")
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if chunk_mib is not None and not chunk_mib > 0:
+            raise ValueError(f"chunk_mib must be a positive number of MiB or None, got {chunk_mib!r}")
+        self.chunk_mib = chunk_mib
         self.d_model, self.n_heads, self.window, self.similarity = d_model, n_heads, window, similarity
         self.d_head = d_model // n_heads
         self.min_temperature, self.max_temperature = min_temperature, max_temperature
@@ -223,6 +236,24 @@ class EMAHistoryAttention(nn.Module):
             raise ValueError(f"expected x of shape (B, L, {self.d_model}), got {tuple(x.shape)}")
         if mask is not None and mask.shape != x.shape[:2]:
             raise ValueError(f"mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+        size = self._chunk_size(x)
+        if size >= x.shape[0]:
+            return self._forward(x, mask, return_weights)
+        masks = mask.split(size) if mask is not None else [None] * -(-x.shape[0] // size)
+        parts = [self._forward(xc, mc, return_weights) for xc, mc in zip(x.split(size), masks, strict=True)]
+        if return_weights:
+            return torch.cat([y for y, _ in parts]), torch.cat([w for _, w in parts])
+        return torch.cat(parts)
+
+    def _chunk_size(self, x: Tensor) -> int:
+        """Sequences per chunk: the scores of one sequence take about H·L·(P + W - 1) floats."""
+        if self.chunk_mib is None or x.device.type != "cpu":
+            return x.shape[0]
+        itemsize = torch.promote_types(x.dtype, torch.float32).itemsize
+        per_sequence = self.n_heads * x.shape[1] * (_block_length(self.window) + self.window - 1) * itemsize
+        return min(x.shape[0], max(1, int(self.chunk_mib * 2**20 // per_sequence)))
+
+    def _forward(self, x: Tensor, mask: Tensor | None, return_weights: bool) -> Tensor | tuple[Tensor, Tensor]:
         q, k, v = (t.transpose(1, 2) for t in self._qkv(x))  # (B, H, L, dh)
         log_decay = F.logsigmoid(self.decay_logit)
         out = ema_history_attention(q, k, v, log_decay, self.window, mask, return_weights)
