@@ -106,7 +106,7 @@ class RunDeadline(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if self.deadline is None and self.best.start_seconds is not None:
             evaluation = self.best.start_seconds * (1.0 + self.test_per_val)
-            self.deadline = self.started + self.seconds - 1.2 * evaluation
+            self.deadline = self.started + self.seconds - 1.2 * evaluation  # 20 % margin on the estimate
         if self.deadline is not None and time.perf_counter() > self.deadline and not trainer.should_stop:
             log.info("run deadline: training stops now to leave time for validation and test")
             trainer.should_stop = self.hit = True

@@ -239,8 +239,9 @@ class EMAHistoryAttention(nn.Module):
         size = self._chunk_size(x)
         if size >= x.shape[0]:
             return self._forward(x, mask, return_weights)
-        masks = mask.split(size) if mask is not None else [None] * -(-x.shape[0] // size)
-        parts = [self._forward(xc, mc, return_weights) for xc, mc in zip(x.split(size), masks, strict=True)]
+        xs = x.split(size)
+        masks = mask.split(size) if mask is not None else [None] * len(xs)
+        parts = [self._forward(xc, mc, return_weights) for xc, mc in zip(xs, masks, strict=True)]
         if return_weights:
             return torch.cat([y for y, _ in parts]), torch.cat([w for _, w in parts])
         return torch.cat(parts)
