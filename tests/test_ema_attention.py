@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tsattn.layers import AttentionState, EMAAttentionBlock, EMAHistoryAttention, ema_history_attention
+from tsattn.layers.ema_attention import _block_length
 
 SIMS = ["cosine", "dot", "none"]
 
@@ -257,22 +258,29 @@ def test_block_passes_mask_and_weights_and_streams() -> None:
 
 
 @pytest.mark.parametrize("sim", SIMS)
-def test_batch_chunks_equal_the_whole_batch(sim: str) -> None:
-    # chunk_mib so small that every sequence is its own chunk, against the whole batch at once
+@pytest.mark.parametrize("steps", [1, 7, 11, 33])
+def test_chunks_equal_the_whole_batch(sim: str, steps: int) -> None:
+    # chunk_mib for `steps` steps per chunk: segments of 1 + 4 or 3 + 4 steps, one or three whole sequences
     m = _model(sim)
     x = torch.randn(5, 11, 8, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(5, 11) > 0.3
-    assert m._chunk_size(x) == 5  # a small input is never split at the default budget
+    assert m._chunking(x) == (5, 11)  # a small input is never split at the default budget
+    per_step = m.n_heads * (_block_length(m.window) + m.window - 1) * 8
+    expected = {1: (1, 1), 7: (1, 3), 11: (1, 11), 33: (3, 11)}[steps]
     for kwargs in ({}, {"mask": mask}):
         m.chunk_mib = None
         y, w = m(x, return_weights=True, **kwargs)
         (gx,) = torch.autograd.grad((y * torch.arange(y.numel()).view_as(y)).sum(), x)
-        m.chunk_mib = 1e-9
-        assert m._chunk_size(x) == 1
+        m.chunk_mib = steps * per_step / 2**20
+        assert m._chunking(x) == expected
         y1, w1 = m(x, return_weights=True, **kwargs)
         (gx1,) = torch.autograd.grad((y1 * torch.arange(y1.numel()).view_as(y1)).sum(), x)
         torch.testing.assert_close(y1, y, rtol=0, atol=1e-12)
         torch.testing.assert_close(w1, w, rtol=0, atol=1e-12)
         torch.testing.assert_close(gx1, gx, rtol=0, atol=1e-10)
+    # the benchmark sizes: two sequences per chunk at 4k; at 16k two segments of 8161 + 63 steps per sequence
+    big = EMAHistoryAttention(64, 4, 64)
+    assert big._chunking(torch.empty(8, 4096, 64)) == (2, 4096)
+    assert big._chunking(torch.empty(8, 16384, 64)) == (1, 8161)
     with pytest.raises(ValueError, match="chunk_mib"):
         EMAHistoryAttention(8, 2, 5, chunk_mib=0)

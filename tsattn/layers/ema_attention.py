@@ -140,10 +140,11 @@ class EMAHistoryAttention(nn.Module):
         window: history length W, including the current step.
         similarity: "cosine" (default), "dot" (scaled by 1/√d_head) or "none" (pure EMA prior).
         min_temperature, max_temperature: clamp of the learnable τ_h.
-        chunk_mib: on CPU, `forward` runs the batch in chunks of sequences whose attention scores take at most
-            this many MiB (at least one sequence per chunk); None runs the whole batch at once. A bounded working
-            set is faster on CPU, where every tensor above the allocator's mmap threshold (32 MiB in glibc) comes
-            from fresh pages. GPUs, which cache their memory, always get the whole batch.
+        chunk_mib: on CPU, `forward` runs the batch in chunks whose attention scores take at most this many
+            MiB: several whole sequences, or one segment of a sequence too long for the budget (with the W - 1
+            steps before it); None runs the whole batch at once. The same result, but a bounded working set: on
+            CPU the time then grows linearly with the length instead of with the caches and the allocator (every
+            tensor above glibc's mmap threshold, 32 MiB, comes from fresh pages). GPUs always get the whole batch.
     """
 
     def __init__(
@@ -236,23 +237,52 @@ class EMAHistoryAttention(nn.Module):
             raise ValueError(f"expected x of shape (B, L, {self.d_model}), got {tuple(x.shape)}")
         if mask is not None and mask.shape != x.shape[:2]:
             raise ValueError(f"mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-        size = self._chunk_size(x)
-        if size >= x.shape[0]:
+        rows, steps = self._chunking(x)
+        B, L = x.shape[:2]
+        if rows >= B and steps >= L:
             return self._forward(x, mask, return_weights)
-        xs = x.split(size)
-        masks = mask.split(size) if mask is not None else [None] * len(xs)
+        if steps < L:
+            # overlapping segments of steps + W - 1 steps every `steps`, gathered by one index (one scatter back)
+            reach = self.window - 1
+            n = -(-(L - reach) // steps)
+            starts = torch.arange(n, device=x.device) * steps
+            idx = (starts[:, None] + torch.arange(steps + reach, device=x.device)).flatten().clamp_max(L - 1)
+            x = x.index_select(1, idx).unflatten(1, (n, -1)).flatten(0, 1)  # (B·n, steps + W - 1, D)
+            if mask is not None:  # steps past the end repeat the last; only later outputs, all dropped, see them
+                mask = mask.index_select(1, idx).unflatten(1, (n, -1)).flatten(0, 1)
+        xs = x.split(rows)
+        masks = mask.split(rows) if mask is not None else [None] * len(xs)
         parts = [self._forward(xc, mc, return_weights) for xc, mc in zip(xs, masks, strict=True)]
-        if return_weights:
-            return torch.cat([y for y, _ in parts]), torch.cat([w for _, w in parts])
-        return torch.cat(parts)
+        y = torch.cat([p[0] for p in parts] if return_weights else parts)
+        w = torch.cat([p[1] for p in parts]) if return_weights else None
+        if steps < L:
+            # step t comes from segment i = (t - W + 1) // steps (the first for t < W - 1), row t - i·steps
+            t = torch.arange(L, device=y.device)
+            i = torch.div(t - reach, steps, rounding_mode="floor").clamp_min(0)
+            pos = i * (steps + reach) + t - i * steps
+            y = y.unflatten(0, (B, n)).flatten(1, 2).index_select(1, pos)
+            if return_weights:  # (B·n, H, size, W) -> (B, H, L, W)
+                w = w.unflatten(0, (B, n)).transpose(1, 2).flatten(2, 3).index_select(2, pos)
+        return (y, w) if return_weights else y
 
-    def _chunk_size(self, x: Tensor) -> int:
-        """Sequences per chunk: the scores of one sequence take about H·L·(P + W - 1) floats."""
+    def _chunking(self, x: Tensor) -> tuple[int, int]:
+        """(sequences per chunk, new steps per segment): at most chunk_mib of scores, H·(P + W - 1) floats a step.
+
+        A sequence longer than the budget is cut into segments of equal length, each *steps* new steps plus the
+        W - 1 before them (recomputed); the segments are then chunked as sequences.
+        """
+        B, L = x.shape[:2]
         if self.chunk_mib is None or x.device.type != "cpu":
-            return x.shape[0]
+            return B, L
         itemsize = torch.promote_types(x.dtype, torch.float32).itemsize
-        per_sequence = self.n_heads * x.shape[1] * (_block_length(self.window) + self.window - 1) * itemsize
-        return min(x.shape[0], max(1, int(self.chunk_mib * 2**20 // per_sequence)))
+        per_step = self.n_heads * (_block_length(self.window) + self.window - 1) * itemsize
+        budget = max(1, int(self.chunk_mib * 2**20 // per_step))  # steps per chunk
+        if L <= budget:
+            return min(B, budget // L), L
+        reach = self.window - 1
+        n = -(-(L - reach) // max(1, budget - reach))
+        steps = -(-(L - reach) // n)
+        return max(1, budget // (steps + reach)), steps
 
     def _forward(self, x: Tensor, mask: Tensor | None, return_weights: bool) -> Tensor | tuple[Tensor, Tensor]:
         q, k, v = (t.transpose(1, 2) for t in self._qkv(x))  # (B, H, L, dh)
