@@ -6,9 +6,11 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tsattn.layers import AttentionState, EMAAttentionBlock, EMAHistoryAttention, ema_history_attention
-from tsattn.layers.ema_attention import _block_length
+from tsattn.layers.ema_attention import _block_length, _segment_rows
 
 SIMS = ["cosine", "dot", "none"]
 
@@ -284,3 +286,17 @@ def test_chunks_equal_the_whole_batch(sim: str, steps: int) -> None:
     assert big._chunking(torch.empty(8, 16384, 64)) == (1, 8161)
     with pytest.raises(ValueError, match="chunk_mib"):
         EMAHistoryAttention(8, 2, 5, chunk_mib=0)
+
+
+@given(st.integers(1, 300), st.integers(1, 40), st.integers(0, 40))
+def test_segment_rows_cover_each_step_with_its_history(extra: int, steps: int, reach: int) -> None:
+    length = reach + extra  # segments are used for sequences longer than their history
+    cut, join = _segment_rows(length, steps, reach)
+    size = steps + reach
+    assert cut.numel() % size == 0 and join.shape == (length,)
+    t = torch.arange(length)
+    assert torch.equal(cut[join], t)  # each output row reads its own step
+    offset = join % size  # its row inside the segment: the steps before it there are its history
+    assert torch.all(offset >= torch.clamp(t, max=reach))
+    seg = cut.view(-1, size)  # consecutive steps, the rows past the end repeating the last
+    assert torch.equal(seg[:, 1:] - seg[:, :-1], (seg[:, :-1] < length - 1).long())

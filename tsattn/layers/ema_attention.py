@@ -55,6 +55,22 @@ def _band(s: Tensor) -> Tensor:
     return s.as_strided((*s.shape[:-1], W), (*s.stride()[:-2], K + 1, 1), s.storage_offset())
 
 
+def _segment_rows(length: int, steps: int, reach: int, device=None) -> tuple[Tensor, Tensor]:
+    """Overlapping segments of ``steps + reach`` steps every *steps*, covering *length* > *reach* steps, as rows.
+
+    Returns ``cut`` (n·(steps + reach),): the step each segment row reads (rows past the end repeat the last step;
+    only their own, dropped, outputs see them), and ``join`` (length,): the segment row each step's output is
+    taken from, a row with its whole history of *reach* steps in its segment (segment i = (t - reach) // steps,
+    the first for t < reach).
+    """
+    n = -(-(length - reach) // steps)
+    size = steps + reach
+    cut = (torch.arange(n, device=device)[:, None] * steps + torch.arange(size, device=device)).flatten()
+    t = torch.arange(length, device=device)
+    i = torch.div(t - reach, steps, rounding_mode="floor").clamp_min(0)
+    return cut.clamp_max(length - 1), i * size + t - i * steps
+
+
 def _block_length(window: int, block: int | None = None) -> int:
     """Query block length P: *block*, or W/2 within [16, 64]; never more than W."""
     return max(1, min(block or min(64, max(16, window // 2)), window))
@@ -241,28 +257,20 @@ class EMAHistoryAttention(nn.Module):
         B, L = x.shape[:2]
         if rows >= B and steps >= L:
             return self._forward(x, mask, return_weights)
-        if steps < L:
-            # overlapping segments of steps + W - 1 steps every `steps`, gathered by one index (one scatter back)
-            reach = self.window - 1
-            n = -(-(L - reach) // steps)
-            starts = torch.arange(n, device=x.device) * steps
-            idx = (starts[:, None] + torch.arange(steps + reach, device=x.device)).flatten().clamp_max(L - 1)
-            x = x.index_select(1, idx).unflatten(1, (n, -1)).flatten(0, 1)  # (B·n, steps + W - 1, D)
-            if mask is not None:  # steps past the end repeat the last; only later outputs, all dropped, see them
-                mask = mask.index_select(1, idx).unflatten(1, (n, -1)).flatten(0, 1)
+        if steps < L:  # overlapping segments of a long sequence, run as more sequences
+            cut, join = _segment_rows(L, steps, self.window - 1, x.device)
+            x = x.index_select(1, cut).unflatten(1, (-1, steps + self.window - 1)).flatten(0, 1)
+            if mask is not None:
+                mask = mask.index_select(1, cut).unflatten(1, (-1, steps + self.window - 1)).flatten(0, 1)
         xs = x.split(rows)
         masks = mask.split(rows) if mask is not None else [None] * len(xs)
         parts = [self._forward(xc, mc, return_weights) for xc, mc in zip(xs, masks, strict=True)]
         y = torch.cat([p[0] for p in parts] if return_weights else parts)
         w = torch.cat([p[1] for p in parts]) if return_weights else None
-        if steps < L:
-            # step t comes from segment i = (t - W + 1) // steps (the first for t < W - 1), row t - i·steps
-            t = torch.arange(L, device=y.device)
-            i = torch.div(t - reach, steps, rounding_mode="floor").clamp_min(0)
-            pos = i * (steps + reach) + t - i * steps
-            y = y.unflatten(0, (B, n)).flatten(1, 2).index_select(1, pos)
-            if return_weights:  # (B·n, H, size, W) -> (B, H, L, W)
-                w = w.unflatten(0, (B, n)).transpose(1, 2).flatten(2, 3).index_select(2, pos)
+        if steps < L:  # (B·n, size, D) -> (B, L, D); weights (B·n, H, size, W) -> (B, H, L, W)
+            y = y.unflatten(0, (B, -1)).flatten(1, 2).index_select(1, join)
+            if return_weights:
+                w = w.unflatten(0, (B, -1)).transpose(1, 2).flatten(2, 3).index_select(2, join)
         return (y, w) if return_weights else y
 
     def _chunking(self, x: Tensor) -> tuple[int, int]:
@@ -280,6 +288,8 @@ class EMAHistoryAttention(nn.Module):
         if L <= budget:
             return min(B, budget // L), L
         reach = self.window - 1
+        if L <= reach + 1:  # no segment would be shorter than the sequence
+            return 1, L
         n = -(-(L - reach) // max(1, budget - reach))
         steps = -(-(L - reach) // n)
         return max(1, budget // (steps + reach)), steps
