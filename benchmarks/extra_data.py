@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tsattn.atomic import atomic_path
+
 log = logging.getLogger("extra_data")
 
 
@@ -74,9 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         path = args.out / f"{name}.csv"
         if path.exists() and not args.overwrite:
             raise SystemExit(f"{path} exists; pass --overwrite to replace it")
-        tmp = path.with_suffix(".csv.tmp")
-        frame.to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
         log.info("%s: %d rows x %d columns", path, len(frame), frame.shape[1] - 1)
 
 

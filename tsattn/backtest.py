@@ -46,6 +46,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from tsattn.atomic import atomic_path
 from tsattn.data import SeriesDataModule, read_series
 from tsattn.forecast import (
     ForecastError,
@@ -510,18 +511,12 @@ def plot_backtest(result: BacktestResult, path: str | os.PathLike, max_series: i
 
 
 def _write_table(table: pd.DataFrame, path: Path) -> None:
-    """Atomic write (temp file + ``os.replace``) of a CSV or Parquet table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """Atomic write of a CSV or Parquet table."""
+    with atomic_path(path) as tmp:
         if path.suffix.lower() in (".parquet", ".pq"):
             table.to_parquet(tmp, index=False)
         else:
             table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.loggers import CSVLogger
 
+from tsattn.atomic import atomic_path
 from tsattn.data import SeriesDataModule
 from tsattn.models.base import Forecaster
 from tsattn.models.best_weights import MONITORS, BestWeights
@@ -372,11 +373,8 @@ def _number(value: float) -> str:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a temporary file beside *path*, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 @torch.no_grad()

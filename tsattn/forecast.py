@@ -63,6 +63,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from pandas.tseries.frequencies import to_offset
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from tsattn.atomic import atomic_path
 from tsattn.data import SeriesDataModule, read_series
 from tsattn.models.base import Forecaster
 from tsattn.models.registry import checkpoint_class, forecaster_class, forecaster_classes
@@ -730,10 +731,8 @@ class _ChunkReport:
     pid: int = field(default_factory=os.getpid)
 
     def write(self, directory: Path) -> None:
-        path = directory / f"chunk-{self.chunk:06d}.json"
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({**asdict(self), "series": len(set(self.series))}))
-        os.replace(tmp, path)
+        with atomic_path(directory / f"chunk-{self.chunk:06d}.json") as tmp:
+            tmp.write_text(json.dumps({**asdict(self), "series": len(set(self.series))}))
 
 
 class _ForecastWindows(IterableDataset):
@@ -1097,10 +1096,8 @@ class ForecastWriter(BasePredictionWriter):
         return summary
 
     def _concat(self, parts: list[Path]) -> int:
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.output.with_name(f".{self.output.name}.tmp-{os.getpid()}")
         rows = 0
-        try:
+        with atomic_path(self.output) as tmp:
             if self.parquet:
                 import pyarrow.parquet as pq
 
@@ -1123,10 +1120,6 @@ class ForecastWriter(BasePredictionWriter):
                         out.write(data)
             if self.output.exists() and not self.overwrite:
                 raise OutputExistsError(f"{self.output} appeared while forecasting; pass --overwrite to replace it")
-            os.replace(tmp, self.output)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return rows
 
 
