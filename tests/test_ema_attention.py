@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tsattn.layers import AttentionState, EMAAttentionBlock, EMAHistoryAttention, ema_history_attention
-from tsattn.layers.ema_attention import _block_length, _segment_rows
+from tsattn.layers.ema_attention import _block_length, _segment_bounds
 
 SIMS = ["cosine", "dot", "none"]
 
@@ -289,14 +289,11 @@ def test_chunks_equal_the_whole_batch(sim: str, steps: int) -> None:
 
 
 @given(st.integers(1, 300), st.integers(1, 40), st.integers(0, 40))
-def test_segment_rows_cover_each_step_with_its_history(extra: int, steps: int, reach: int) -> None:
+def test_segment_bounds_cover_each_step_once_with_its_history(extra: int, steps: int, reach: int) -> None:
     length = reach + extra  # segments are used for sequences longer than their history
-    cut, join = _segment_rows(length, steps, reach)
-    size = steps + reach
-    assert cut.numel() % size == 0 and join.shape == (length,)
-    t = torch.arange(length)
-    assert torch.equal(cut[join], t)  # each output row reads its own step
-    offset = join % size  # its row inside the segment: the steps before it there are its history
-    assert torch.all(offset >= torch.clamp(t, max=reach))
-    seg = cut.view(-1, size)  # consecutive steps, the rows past the end repeating the last
-    assert torch.equal(seg[:, 1:] - seg[:, :-1], (seg[:, :-1] < length - 1).long())
+    bounds = _segment_bounds(length, steps, reach)
+    kept = [t for a, b in bounds for t in range(a, b)]
+    assert kept == list(range(length))  # each step's output is kept once, in order
+    assert bounds[0] == (0, min(length, reach + steps))  # the first segment has no history before it
+    for a, b in bounds[1:]:
+        assert a >= reach and 0 < b - a <= steps  # the reach steps before a exist; at most `steps` new steps

@@ -55,20 +55,14 @@ def _band(s: Tensor) -> Tensor:
     return s.as_strided((*s.shape[:-1], W), (*s.stride()[:-2], K + 1, 1), s.storage_offset())
 
 
-def _segment_rows(length: int, steps: int, reach: int, device=None) -> tuple[Tensor, Tensor]:
-    """Overlapping segments of ``steps + reach`` steps every *steps*, covering *length* > *reach* steps, as rows.
+def _segment_bounds(length: int, steps: int, reach: int) -> list[tuple[int, int]]:
+    """New steps [a, b) of the segments of a sequence of *length* steps: the first reach + steps, then *steps* each.
 
-    Returns ``cut`` (n·(steps + reach),): the step each segment row reads (rows past the end repeat the last step;
-    only their own, dropped, outputs see them), and ``join`` (length,): the segment row each step's output is
-    taken from, a row with its whole history of *reach* steps in its segment (segment i = (t - reach) // steps,
-    the first for t < reach).
+    Segment j reads steps [a - reach, b) (from 0 for the first) and keeps its outputs for [a, b): every kept step
+    has its whole history of *reach* steps inside its segment.
     """
-    n = -(-(length - reach) // steps)
-    size = steps + reach
-    cut = (torch.arange(n, device=device)[:, None] * steps + torch.arange(size, device=device)).flatten()
-    t = torch.arange(length, device=device)
-    i = torch.div(t - reach, steps, rounding_mode="floor").clamp_min(0)
-    return cut.clamp_max(length - 1), i * size + t - i * steps
+    edges = list(range(reach + steps, length, steps))
+    return list(zip([0, *edges], [*edges, length], strict=True))
 
 
 def _block_length(window: int, block: int | None = None) -> int:
@@ -257,27 +251,46 @@ class EMAHistoryAttention(nn.Module):
         B, L = x.shape[:2]
         if rows >= B and steps >= L:
             return self._forward(x, mask, return_weights)
-        if steps < L:  # overlapping segments of a long sequence, run as more sequences
-            cut, join = _segment_rows(L, steps, self.window - 1, x.device)
-            x = x.index_select(1, cut).unflatten(1, (-1, steps + self.window - 1)).flatten(0, 1)
-            if mask is not None:
-                mask = mask.index_select(1, cut).unflatten(1, (-1, steps + self.window - 1)).flatten(0, 1)
         xs = x.split(rows)
         masks = mask.split(rows) if mask is not None else [None] * len(xs)
-        parts = [self._forward(xc, mc, return_weights) for xc, mc in zip(xs, masks, strict=True)]
-        y = torch.cat([p[0] for p in parts] if return_weights else parts)
-        w = torch.cat([p[1] for p in parts]) if return_weights else None
-        if steps < L:  # (B·n, size, D) -> (B, L, D); weights (B·n, H, size, W) -> (B, H, L, W)
-            y = y.unflatten(0, (B, -1)).flatten(1, 2).index_select(1, join)
+        parts = [self._forward_segments(xc, mc, return_weights, steps) for xc, mc in zip(xs, masks, strict=True)]
+        if not return_weights:
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _forward_segments(
+        self, x: Tensor, mask: Tensor | None, return_weights: bool, steps: int
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """`_forward` of x (b, L, D) run as segments of *steps* new steps, each with the W - 1 steps before it.
+
+        The input is split into the segments' new steps (views; their gradients are joined once) and each segment
+        prepends its history from the pieces before it, so no tensor of the whole sequence is copied per segment.
+        """
+        L, reach = x.shape[1], self.window - 1
+        if steps >= L:
+            return self._forward(x, mask, return_weights)
+        bounds = _segment_bounds(L, steps, reach)
+        pieces = x.split([b - a for a, b in bounds], 1)
+        back = -(-reach // steps)  # pieces that hold a segment's history
+        ys, ws = [], []
+        for j, (a, b) in enumerate(bounds):
+            seg, keep = pieces[j], 0
+            if j and reach:
+                history = pieces[j - 1] if back == 1 else torch.cat(pieces[max(0, j - back) : j], 1)
+                seg, keep = torch.cat([history[:, -reach:], seg], 1), reach
+            out = self._forward(seg, None if mask is None else mask[:, a - keep : b], return_weights)
+            y, w = out if return_weights else (out, None)
+            ys.append(y[:, keep:] if keep else y)
             if return_weights:
-                w = w.unflatten(0, (B, -1)).transpose(1, 2).flatten(2, 3).index_select(2, join)
-        return (y, w) if return_weights else y
+                ws.append(w[:, :, keep:] if keep else w)
+        y = torch.cat(ys, 1)
+        return (y, torch.cat(ws, 2)) if return_weights else y
 
     def _chunking(self, x: Tensor) -> tuple[int, int]:
         """(sequences per chunk, new steps per segment): at most chunk_mib of scores, H·(P + W - 1) floats a step.
 
-        A sequence longer than the budget is cut into segments of equal length, each *steps* new steps plus the
-        W - 1 before them (recomputed); the segments are then chunked as sequences.
+        A sequence longer than the budget is cut into segments, each *steps* new steps (the last may have fewer)
+        plus the W - 1 before them (recomputed); each chunk of sequences then runs one segment at a time.
         """
         B, L = x.shape[:2]
         if self.chunk_mib is None or x.device.type != "cpu":
