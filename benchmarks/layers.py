@@ -22,7 +22,9 @@ from jemalloc or tcmalloc). The Python loops use small tensors and are measured 
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory held before the run; on CPU the growth
 of the process's peak resident set (``ru_maxrss``) during the runs, measured in a fresh subprocess per size
-(tracemalloc does not see torch's allocator). Times are the minimum over --repeats runs after one warm-up.
+(tracemalloc does not see torch's allocator). Times are the minimum over --repeats runs after one warm-up; each
+EMA-attention size is measured in --runs fresh processes, the sizes taken in turn, and its row shows the median
+(the growth ratio's note gives the range of the per-round ratios).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import os
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -39,7 +42,7 @@ from collections.abc import Callable
 
 import torch
 
-from tsattn.layers import EMA, EMAHistoryAttention
+from tsattn.layers import EMA, AttentionState, EMAHistoryAttention
 
 
 def _sync(device: torch.device) -> None:
@@ -168,7 +171,7 @@ def _ema_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str,
         return torch.stack(out, 1)
 
     t_unbind = _time(_fwd_bwd(loop_unbind, xs), device, args.repeats) * scale
-    t_index = _time(_fwd_bwd(loop_index, xs), device, 1, warmup=0) * scale
+    t_index = _time(_fwd_bwd(loop_index, xs), device, args.repeats) * scale
     size = f"B={B} L={L} C={C}"
     ms = "{:.1f} ms".format
     rows, t_emas = [], {}
@@ -208,21 +211,28 @@ def _attention_rows(args: argparse.Namespace) -> list[tuple[str, str, str, str, 
 def _attention_rows_with(args: argparse.Namespace, allocator: str) -> list[tuple[str, str, str, str, str]]:
     tag = ALLOCATOR_NOTE[allocator]
     rows = []
-    prev: tuple[int, float] | None = None
+    runs: dict[int, list[dict]] = {L: [] for L in args.lengths}
+    for _ in range(args.runs):  # rounds over the sizes: a slow spell of the host falls on every size alike
+        for L in args.lengths:
+            runs[L].append(_run_child(args, "ema_attention", L, allocator))
+    prev: tuple[int, float, list[dict]] | None = None
     mha_prev: tuple[int, float] | None = None
     for L in args.lengths:
         size = f"B={args.attn_batch} L={L} W=64 d=64 H=4"
-        r = _run_child(args, "ema_attention", L, allocator)
-        if "error" in r:
-            rows.append((f"EMAHistoryAttention fwd+bwd{tag}", size, "-", "-", r["error"]))
+        failed = [r for r in runs[L] if "error" in r]
+        if failed:
+            rows.append((f"EMAHistoryAttention fwd+bwd{tag}", size, "-", "-", failed[0]["error"]))
             continue
+        seconds = statistics.median(r["seconds"] for r in runs[L])
         note = ""
         if prev is not None:
-            note = f"t({L})/t({prev[0]}) = {r['seconds'] / prev[1]:.2f} (linear: {L / prev[0]:.0f})"
-        prev = (L, r["seconds"])
-        rows.append(
-            (f"EMAHistoryAttention fwd+bwd{tag}", size, _fmt_s(r["seconds"]), _fmt_b(r["peak_bytes"]), note)
-        )
+            note = f"t({L})/t({prev[0]}) = {seconds / prev[1]:.2f} (linear: {L / prev[0]:.0f})"
+            if args.runs > 1:
+                each = [r["seconds"] / p["seconds"] for r, p in zip(runs[L], prev[2], strict=True)]
+                note += f"; runs {min(each):.2f}–{max(each):.2f}"
+        prev = (L, seconds, runs[L])
+        peak = max(r["peak_bytes"] for r in runs[L])
+        rows.append((f"EMAHistoryAttention fwd+bwd{tag}", size, _fmt_s(seconds), _fmt_b(peak), note))
 
         dense_gb = 3 * args.attn_batch * 4 * L * L * 4 / 1e9  # scores, probabilities, their gradient (fp32)
         projected = mha_prev[1] * (L / mha_prev[0]) ** 2 if mha_prev else 0.0
@@ -259,7 +269,7 @@ def _attention_rows_with(args: argparse.Namespace, allocator: str) -> list[tuple
                 size,
                 _fmt_s(m["seconds"]),
                 _fmt_b(m["peak_bytes"]),
-                f"MHA / EMA-attention = {m['seconds'] / r['seconds']:.2f}×",
+                f"MHA / EMA-attention = {m['seconds'] / seconds:.2f}×",
             )
         )
     return rows
@@ -279,13 +289,13 @@ def _step_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str
             while done < target:
                 _, state = layer.step(x, state)
                 done += 1
-            _sync(device)
-            t0 = time.perf_counter()
-            s = state
-            for _ in range(probe):
-                _, s = layer.step(x, s)
-            _sync(device)
-            results[target] = (time.perf_counter() - t0) / probe
+
+            def probe_steps(start: AttentionState = state) -> None:
+                s = start
+                for _ in range(probe):
+                    _, s = layer.step(x, s)
+
+            results[target] = _time(probe_steps, device, args.repeats) / probe
     size = f"B={B} W=64 d=64 H=4"
     short, long = results[10], results[args.long_steps]
     return [
@@ -316,6 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--runs", type=int, default=3, help="fresh processes per EMA-attention size (the row shows their median)"
+    )
     parser.add_argument(
         "--allocators", nargs="+", choices=["default", "keep"], default=None,
         help="malloc settings for the large-tensor rows (default on CPU: both; on CUDA: default)",
@@ -360,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__}, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-        + f", intra-op threads {torch.get_num_threads()}; times: min of {args.repeats} after a warm-up; "
+        + f", intra-op threads {torch.get_num_threads()}; times: min of {args.repeats} after a warm-up"
+        + f" (EMA attention: median of {args.runs} such runs, each in a fresh process, sizes taken in turn); "
         + (
             "peak memory: torch.cuda.max_memory_allocated"
             if device.type == "cuda"
