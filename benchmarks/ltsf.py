@@ -38,6 +38,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 
+from tsattn.atomic import atomic_path
 from tsattn.data import SeriesDataModule
 from tsattn.models import BestWeights
 
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     emit(f"# {Path(args.csv).name}, split {args.split}, lookback {args.lookback}, period {period}, seed {args.seed}")
     emit(format_table(rows))
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(rows, indent=2))
     return rows
 
 
