@@ -22,7 +22,8 @@ def _fit(frame, lr: float, epochs: int = 2) -> tuple[EMAAttentionForecaster, Bes
     )
     best = BestWeights()
     trainer = L.Trainer(max_epochs=epochs, callbacks=[best], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        accelerator="cpu")
     trainer.fit(model, datamodule=dm)
     return model, best, dm
 

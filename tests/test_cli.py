@@ -17,12 +17,14 @@ import yaml
 from tsattn import cli
 from tsattn.cli import TsattnCLI, main
 from tsattn.data import SeriesDataModule
+from tsattn.forecast import load_checkpoint
 from tsattn.models import Forecaster
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Tiny and quiet: one epoch of a few batches.
+# Tiny and quiet: one epoch of a few batches, on the CPU (a GPU run has its own test below).
 FAST = [
+    "--trainer.accelerator", "cpu",
     "--trainer.max_epochs", "1",
     "--trainer.limit_train_batches", "3",
     "--trainer.limit_val_batches", "2",
@@ -281,6 +283,24 @@ def test_base_class_loads_the_saved_subclass(tmp_path, wide_csv):
     assert type(loaded).__name__ == "Linear"
     past = torch.randn(2, loaded.lookback, loaded.n_channels)
     assert torch.equal(loaded(past), direct(past))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_gpu_forecast_on_cpu(wide_csv, tmp_path):
+    """A run trained on CUDA: its checkpoint loads onto the CPU and forecasts what the GPU model forecasts."""
+    assert main(fit_args(wide_csv, tmp_path, "--trainer.accelerator", "gpu")) == 0  # the later value wins
+    path = best_checkpoint(tmp_path / "version_0")
+    on_gpu = Forecaster.load_from_checkpoint(path).eval()  # Lightning restores to the device it was saved from
+    assert on_gpu.device.type == "cuda"
+    on_cpu = Forecaster.load_from_checkpoint(path, map_location="cpu").eval()
+    batch = next(iter(SeriesDataModule.for_prediction(path, pd.read_csv(wide_csv)).predict_dataloader()))
+    with torch.no_grad():
+        cpu = on_cpu.predict_step(batch, 0)["yhat"]
+        gpu = on_gpu.predict_step({k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}, 0)["yhat"].cpu()
+        plain = load_checkpoint(path).model.predict_step(batch, 0)["yhat"]  # the batch forecaster's loader
+    assert torch.isfinite(cpu).all()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plain, cpu)
 
 
 def test_metrics_table_keeps_columns_apart_for_large_values() -> None:
