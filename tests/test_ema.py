@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -173,6 +175,25 @@ def test_gradcheck_float64(method: str) -> None:
             lambda b, a, h0, reverse=reverse: linear_scan(b, a, h0, reverse=reverse, method=method),
             (b, lam, value),
         )
+
+
+@pytest.mark.parametrize("block", [1, 5, 40, 100])
+def test_decay_gradient_in_blocks(block: int, monkeypatch) -> None:
+    """The decay gradient summed in blocks (time steps of one row, whole rows, all rows) is exact, also twice
+    differentiated; a broadcast incoming gradient (that of a sum) gives what the materialised one gives."""
+    monkeypatch.setattr(importlib.import_module("tsattn.layers.ema"), "_BLOCK", block)
+    torch.manual_seed(3)
+    x = torch.randn(2, 11, 3, dtype=torch.float64, requires_grad=True)
+    lam = torch.tensor([0.3, 0.8, 0.97], dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, lam: ema(x, lam, method="loop"), (x, lam))
+    assert torch.autograd.gradgradcheck(lambda x, lam: ema(x, lam, method="loop"), (x, lam))
+    assert torch.autograd.gradgradcheck(lambda b, a: linear_scan(b, a, method="loop"), (b, lam))
+    summed = torch.autograd.grad(ema(x, lam).sum(), (x, lam))  # incoming gradient: ones broadcast, stride 0
+    y = ema(x, lam)
+    dense = torch.autograd.grad(y, (x, lam), torch.ones(y.shape, dtype=y.dtype))
+    for got, want in zip(summed, dense, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 def test_module_gradient_reaches_decay() -> None:

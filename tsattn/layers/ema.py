@@ -39,6 +39,9 @@ __all__ = ["EMA", "EMAState", "ema", "linear_scan"]
 
 # log λ is clamped so that 0·log λ stays 0 (λ = 0 would give 0·(-inf) = NaN).
 _LOG_MIN = -1.0e4
+# Elements per temporary of the decay gradient on CPU (8 MiB in float32). A full-size temporary of tens of MB
+# would come from fresh pages that the kernel zeroes (glibc's malloc maps them anew), costing more than the sum.
+_BLOCK = 1 << 21
 
 
 class EMAState(NamedTuple):
@@ -58,7 +61,8 @@ def _scan_loop(
 ) -> Tensor:
     """h_t = a·h_{t-1} + g·b_t (h_t = a·h_{t+1} + g·b_t if reverse), g = 1 - a if ema_gain else 1.
 
-    b (B, L, C) contiguous, log_a (C,), h0 (B, C) or None; ``first_full`` (forward only) sets h_0 = b_0.
+    b (B, L, C) with unit or zero stride over C, log_a (C,), h0 (B, C) or None; ``first_full`` (forward only)
+    sets h_0 = b_0.
     Chunks of T = ⌊√L⌋ steps are scanned sequentially but all at once (one kernel per step of a chunk),
     then a scan over chunk ends and one fix-up pass; the < T leftover steps are scanned directly.
     """
@@ -68,7 +72,7 @@ def _scan_loop(
     N = L // T
     start = L - N * T if reverse else 0  # the leftover steps sit at the end of the scan order
     x = b[:, start : start + N * T].view(B, N, T, C)  # (B, N, T, C) view, no copy
-    out_full = torch.empty_like(b)
+    out_full = torch.empty(b.shape, dtype=b.dtype, device=b.device)  # contiguous even if b is broadcast
     out = out_full[:, start : start + N * T].view(B, N, T, C)  # (B, N, T, C) view into the output
 
     def step(x_i: Tensor, prev: Tensor, out_i: Tensor) -> None:
@@ -133,6 +137,37 @@ def _scan_matmul(b: Tensor, log_a: Tensor, h0: Tensor | None, reverse: bool, chu
     return local.reshape(B, N * T, C)[:, :L]
 
 
+def _scan_input(g: Tensor) -> Tensor:
+    """g itself where its channels are adjacent or broadcast (an incoming gradient often is, e.g. of a sum), else
+    a contiguous copy: the scans read (B, ·, C) slices step by step."""
+    return g if g.stride(-1) <= 1 else g.contiguous()
+
+
+def _channel_sum(g: Tensor, u: Tensor, v: Tensor | None = None) -> Tensor:
+    """Σ over batch and time of g·(u - v), or of g·u if v is None: (B, T, C) each -> (C,).
+
+    On CPU summed in blocks of at most ``_BLOCK`` elements (batch rows, or time steps of one row), so that no
+    temporary has the full size.
+    """
+    B, T, C = g.shape
+    budget = _BLOCK if g.device.type == "cpu" else g.numel()
+    rows = max(1, min(B, budget // max(1, T * C)))
+    steps = T if rows > 1 else max(1, min(T, budget // max(1, C)))
+    inplace = not torch.is_grad_enabled()  # without a double-backward graph the temporaries can be reused
+    total = None
+    for b0 in range(0, B, rows):
+        for t0 in range(0, T, steps):
+            idx = (slice(b0, b0 + rows), slice(t0, t0 + steps))
+            if v is None:
+                part = g[idx] * u[idx]
+            else:
+                part = u[idx] - v[idx]
+                part = part.mul_(g[idx]) if inplace else part * g[idx]
+            part = part.sum((0, 1))
+            total = part if total is None else total + part
+    return g.new_zeros(C) if total is None else total  # no steps: T = 0
+
+
 def _resolve(method: str, x: Tensor) -> str:
     if method == "auto":
         return "matmul" if x.is_cuda else "loop"
@@ -160,7 +195,7 @@ class _LinearScan(torch.autograd.Function):
         a, h, h0 = ctx.saved_tensors
         reverse = ctx.reverse
         # dL/db_t = Σ_{s after t} a^{|s-t|} dL/dh_s: the same scan run the other way
-        grad_b = _LinearScan.apply(grad_h.contiguous(), a, None, not reverse, ctx.method)
+        grad_b = _LinearScan.apply(_scan_input(grad_h), a, None, not reverse, ctx.method)
         grad_a = grad_h0 = None
         # a multiplies h_{t-1} (forward) or h_{t+1} (reverse) at step t
         if reverse:
@@ -168,7 +203,7 @@ class _LinearScan(torch.autograd.Function):
         else:
             g_in, h_prev, g_edge = grad_b[:, 1:], h[:, :-1], grad_b[:, 0]
         if ctx.needs_input_grad[1]:
-            grad_a = (g_in * h_prev).sum((0, 1))
+            grad_a = _channel_sum(g_in, h_prev)
             if h0 is not None:
                 grad_a = grad_a + (g_edge * h0).sum(0)
         if h0 is not None and ctx.needs_input_grad[2]:
@@ -202,17 +237,14 @@ class _EMAScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h: Tensor):
         x, a, h, h0 = ctx.saved_tensors
-        grad_b = _LinearScan.apply(grad_h.contiguous(), a, None, True, ctx.method)  # dL/d(input of step t)
+        grad_b = _LinearScan.apply(_scan_input(grad_h), a, None, True, ctx.method)  # dL/d(input of step t)
         # without a double-backward graph, intermediates can be reused in place (fewer passes over memory)
         inplace = not torch.is_grad_enabled()
         grad_x = grad_a = grad_h0 = None
         g0 = grad_b[:, 0].clone()
         if ctx.needs_input_grad[1]:
             # d h_t / d a = h_{t-1} - x_t at every step that applies the recurrence
-            d = h[:, :-1] - x[:, 1:]
-            d = d.mul_(grad_b[:, 1:]) if inplace else d * grad_b[:, 1:]
-            grad_a = d.sum((0, 1))
-            del d
+            grad_a = _channel_sum(grad_b[:, 1:], h[:, :-1], x[:, 1:])
             if not ctx.first_full:
                 prev0 = h0 if h0 is not None else torch.zeros_like(x[:, 0])
                 grad_a = grad_a + (g0 * (prev0 - x[:, 0])).sum(0)
