@@ -12,7 +12,8 @@ Rows:
 - EMAHistoryAttention forward+backward at batch 8, L = 1k, 4k, 16k (window 64, d_model 64, 4 heads) and
   torch.nn.MultiheadAttention with a causal mask at the same sizes. MHA is skipped where its projected time (the
   previous size's time scaled quadratically) exceeds --mha-max-s, or its dense L×L scores would exceed --mha-max-gb.
-- The time of one EMAHistoryAttention.step() after 10 and after 10,000 steps.
+- The time of one EMAHistoryAttention.step() after 10 and after 10,000 steps: probes of 200 steps from the two
+  states, taken in turn (a drift of the host's speed hits both alike).
 
 Allocator (CPU): tensors of tens of MB are served by glibc's malloc through fresh ``mmap`` pages that the kernel
 zeroes on first touch, so at large sizes a good part of the time is page faults, not the layer. The large-tensor
@@ -281,7 +282,7 @@ def _step_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str
     B = args.attn_batch
     x = torch.randn(B, 64, device=device)
     probe = 200
-    results = {}
+    states: dict[int, AttentionState] = {}
     state = None
     done = 0
     with torch.no_grad():
@@ -289,13 +290,25 @@ def _step_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str
             while done < target:
                 _, state = layer.step(x, state)
                 done += 1
+            states[target] = state
 
-            def probe_steps(start: AttentionState = state) -> None:
-                s = start
-                for _ in range(probe):
-                    _, s = layer.step(x, s)
+        def probe_steps(start: AttentionState) -> float:
+            """Seconds per step over `probe` steps from `start`."""
+            _sync(device)
+            t0 = time.perf_counter()
+            s = start
+            for _ in range(probe):
+                _, s = layer.step(x, s)
+            _sync(device)
+            return (time.perf_counter() - t0) / probe
 
-            results[target] = _time(probe_steps, device, args.repeats) / probe
+        # the two probes alternate, so that a drift of the host's speed affects both alike; minimum of --repeats
+        for start in states.values():
+            probe_steps(start)  # warm-up
+        results = {target: float("inf") for target in states}
+        for _ in range(args.repeats):
+            for target, start in states.items():
+                results[target] = min(results[target], probe_steps(start))
     size = f"B={B} W=64 d=64 H=4"
     short, long = results[10], results[args.long_steps]
     return [
