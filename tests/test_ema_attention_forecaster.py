@@ -30,13 +30,27 @@ def _train(model: EMAAttentionForecaster, dm: SeriesDataModule, steps: int = 3) 
         opt.step()
 
 
+@pytest.mark.parametrize("half_life", [None, 0.5], ids=["plain-cycle", "recent-cycle"])
 @pytest.mark.parametrize("quantiles", [None, [0.1, 0.5, 0.9]], ids=["point", "quantile"])
-def test_starts_at_ridge_cycle(dm, quantiles) -> None:
+def test_starts_at_ridge_cycle(dm, quantiles, half_life) -> None:
     torch.manual_seed(0)
     model = EMAAttentionForecaster(
-        dm.n_channels, LOOKBACK, HORIZON, period=dm.period, quantiles=quantiles, **SMALL
+        dm.n_channels,
+        LOOKBACK,
+        HORIZON,
+        period=dm.period,
+        cycle_half_life=half_life,
+        quantiles=quantiles,
+        **SMALL,
     )
-    ridge = RidgeCycle(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, quantiles=quantiles)
+    ridge = RidgeCycle(
+        dm.n_channels,
+        LOOKBACK,
+        HORIZON,
+        period=dm.period,
+        cycle_half_life=model.cycle_half_life,
+        quantiles=quantiles,
+    )
     # the same data in the same order: both fit the same closed form (the train loader is shuffled)
     batches = list(dm._loader("train", shuffle=False))
     model.fit_closed_form(batches)
@@ -151,3 +165,5 @@ def test_no_period_and_bad_arguments(dm) -> None:
         EMAAttentionForecaster(2, LOOKBACK, HORIZON, revin=True)
     with pytest.raises(ValueError, match="trend_decay"):
         EMAAttentionForecaster(2, LOOKBACK, HORIZON, trend_decay=1.5)
+    with pytest.raises(ValueError, match="cycle_half_life"):
+        EMAAttentionForecaster(2, LOOKBACK, HORIZON, cycle_half_life=float("nan"))

@@ -121,6 +121,30 @@ def test_cycle_counts_each_training_row_once(wide_frame) -> None:
     np.testing.assert_allclose(model.cycle.double().numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_cycle_recency_weights(wide_frame) -> None:
+    """cycle_half_life: row weights halve every half_life x training rows back from the last, against a loop."""
+    frame = wide_frame(n=300, channels=2)
+    dm = SeriesDataModule(frame=frame, lookback=LOOKBACK, horizon=HORIZON, batch_size=16)
+    train_end = dm.borders[0].train_end
+    scaled = (frame[["x0", "x1"]].to_numpy()[:train_end] - dm.loc[0]) / dm.scale[0]
+    phase = time_index(pd.DatetimeIndex(frame["date"]), "h")[:train_end] % 24
+    plain = RidgeCycle(dm.n_channels, LOOKBACK, HORIZON, period=24)
+    plain.fit_closed_form(dm.train_dataloader())
+    for half_life in (0.25, 2.0):
+        model = RidgeCycle(dm.n_channels, LOOKBACK, HORIZON, period=24, cycle_half_life=half_life)
+        model.fit_closed_form(dm.train_dataloader())
+        sums, weights = np.zeros((24, 2)), np.zeros(24)
+        for row in range(train_end):
+            w = 0.5 ** ((train_end - 1 - row) / (half_life * train_end))
+            sums[phase[row]] += w * scaled[row]
+            weights[phase[row]] += w
+        expected = sums / weights[:, None]
+        np.testing.assert_allclose(model.cycle.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(plain.cycle.double().numpy(), expected, atol=1e-3)
+    with pytest.raises(ValueError, match="cycle_half_life"):
+        RidgeCycle(2, LOOKBACK, HORIZON, period=24, cycle_half_life=0.0)
+
+
 def test_phase_means_grow_and_dedupe() -> None:
     pm = PhaseMeans(1)
     steps = torch.tensor([[10, 11, 12], [11, 12, 13]])
@@ -128,6 +152,11 @@ def test_phase_means_grow_and_dedupe() -> None:
     pm.update(torch.tensor([[[3.0], [4.0]]]), torch.tensor([[3, 4]]))  # grows to the left
     assert pm.n_rows == 6
     np.testing.assert_allclose(pm.means(2).numpy().ravel(), [(4 + 10 + 12) / 3, (3 + 11 + 13) / 3])
+    # recency weights per series: ages 0..10 steps back from step 13, over 6 rows
+    w = {step: 0.5 ** ((13 - step) / (0.5 * 6)) for step in (3, 4, 10, 11, 12, 13)}
+    even = (4 * w[4] + 10 * w[10] + 12 * w[12]) / (w[4] + w[10] + w[12])
+    odd = (3 * w[3] + 11 * w[11] + 13 * w[13]) / (w[3] + w[11] + w[13])
+    np.testing.assert_allclose(pm.means(2, half_life=0.5).numpy().ravel(), [even, odd])
 
 
 def test_ridge_quantiles_and_bad_arguments(wide_frame) -> None:

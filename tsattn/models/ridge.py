@@ -32,6 +32,7 @@ __all__ = [
     "Ridge",
     "RidgeCycle",
     "RidgeStats",
+    "check_half_life",
     "cycle_period",
     "fit_ridge_cycle",
     "phase_index",
@@ -158,15 +159,23 @@ class PhaseMeans:
     def n_rows(self) -> int:
         return int(sum(seen.sum() for _, _, seen in self._rows.values()))
 
-    def means(self, period: int) -> Tensor:
-        """(period, C) float64 per-phase means; a phase with no row gets the channel's overall mean."""
+    def means(self, period: int, half_life: float | None = None) -> Tensor:
+        """(period, C) float64 per-phase means; a phase with no row gets the channel's overall mean.
+
+        ``half_life`` None: every row weighs the same. Otherwise row weights halve every ``half_life * n`` steps
+        back from the series' last row (n: that series' rows), so the cycle follows the newer seasons, as the
+        exponentially smoothed seasonal indices of Holt-Winters do.
+        """
         sums = np.zeros((period, self.n_channels))
         counts = np.zeros(period)
         for first, rows, seen in self._rows.values():
             steps = np.flatnonzero(seen) + first
             phase = steps % period
-            np.add.at(sums, phase, rows[seen])
-            np.add.at(counts, phase, 1.0)
+            weights = np.ones(len(steps))
+            if half_life is not None and len(steps):
+                weights = 0.5 ** ((steps[-1] - steps) / (half_life * len(steps)))
+            np.add.at(sums, phase, rows[seen] * weights[:, None])
+            np.add.at(counts, phase, weights)
         if counts.sum() == 0:
             raise ValueError("no training rows to fit the seasonal cycle on")
         overall = sums.sum(0) / counts.sum()
@@ -181,6 +190,17 @@ def cycle_period(owner: str, period: int | None, revin: bool) -> int:
     if period is not None and int(period) < 1:
         raise ValueError(f"period must be a positive integer or None, got {period!r}")
     return int(period) if period else 1
+
+
+def check_half_life(half_life: float | None) -> float | None:
+    """``cycle_half_life`` as a float, or a ValueError naming the argument."""
+    if half_life is None:
+        return None
+    if not (float(half_life) > 0 and math.isfinite(float(half_life))):
+        raise ValueError(
+            f"cycle_half_life must be a positive fraction of the training rows or None, got {half_life!r}"
+        )
+    return float(half_life)
 
 
 def phase_index(time_idx: Tensor | None, lookback: int, horizon: int, period: int, device=None) -> Tensor:
@@ -222,12 +242,14 @@ def fit_ridge_cycle(
     period: int = 1,
     alpha: float | None = None,
     normalise=None,
+    cycle_half_life: float | None = None,
 ) -> tuple[Tensor, Tensor, float]:
     """Fit the cycle, then the ridge on its residual, from training batches.
 
     Two passes: the per-phase means over the rows the windows cover (`PhaseMeans`; skipped for period 1), then
     the ridge statistics on the deseasonalised windows (`RidgeStats`). ``normalise(batch) -> (past, future)``
     optionally maps a batch to the units the forecaster sees (RevIN); it must be the identity when period > 1.
+    ``cycle_half_life`` weighs newer training rows more in the cycle (see `PhaseMeans.means`).
 
     Returns the cycle (P, C) float64, the ridge weights (L, H) float64 and the penalty used.
     """
@@ -237,7 +259,7 @@ def fit_ridge_cycle(
             past, future = batch["past"], batch["future"]
             steps = batch["time_idx"].long()[:, None] + torch.arange(-lookback, horizon, device=past.device)
             phases.update(torch.cat([past, future], dim=1), steps, batch.get("series_idx"))
-        cycle = phases.means(period)
+        cycle = phases.means(period, cycle_half_life)
         log.info("cycle: %d phases from %d training rows", period, phases.n_rows)
     else:
         cycle = torch.zeros(1, n_channels, dtype=torch.float64)
@@ -297,6 +319,7 @@ class Ridge(_RuleForecaster):
             )
         self.alpha = None if alpha is None else float(alpha)
         self.period = 1
+        self.cycle_half_life: float | None = None
         self.register_buffer("weight", torch.zeros(self.lookback, self.horizon))  # (L, H)
         self.register_buffer("cycle", torch.zeros(1, self.n_channels))  # (P, C)
         self.register_buffer("fitted_alpha", torch.tensor(float("nan")))
@@ -317,6 +340,7 @@ class Ridge(_RuleForecaster):
             self.period,
             self.alpha,
             normalise=self._normalised if self.revin else None,
+            cycle_half_life=self.cycle_half_life,
         )
         self.cycle.copy_(cycle)
         self.weight.copy_(weights)
@@ -334,6 +358,9 @@ class RidgeCycle(Ridge):
     Args:
         period: season length in steps (linked from the DataModule: 24 for hourly data, 7 daily, ...).
         alpha: relative ridge penalty, or None for blocked cross-validation (see `Ridge`).
+        cycle_half_life: weigh newer training rows more in the cycle: weights halve every ``cycle_half_life``
+            times the training rows, counted back from the last (see `PhaseMeans.means`); None (default): every
+            row weighs the same, the plain phase means.
         revin: must stay False: the cycle lives in the units of the scaled series, not of each window.
     """
 
@@ -344,6 +371,7 @@ class RidgeCycle(Ridge):
         horizon: int,
         period: int | None = None,
         alpha: float | None = None,
+        cycle_half_life: float | None = None,
         quantiles: Sequence[float] | None = None,
         revin: bool = False,
         loss: nn.Module | None = None,
@@ -355,6 +383,7 @@ class RidgeCycle(Ridge):
             n_channels, lookback, horizon, alpha, quantiles, revin, loss, optimizer, lr_scheduler
         )
         self.period = season
+        self.cycle_half_life = check_half_life(cycle_half_life)
         if self.period == 1:
             log.info("RidgeCycle: no period given; the cycle is constant and this equals Ridge")
         self.cycle = torch.zeros(self.period, self.n_channels)  # re-registered buffer (P, C)
