@@ -15,7 +15,7 @@ validation and the test is left of ``--max-run-minutes`` (default 10), so that n
 passes gaps through the DataModule's rule (e.g. ``ignore`` for trading days). A horizon the data is too short for
 is skipped with one line saying why.
 
-Models: ema (EMAAttentionForecaster), gam, hrnet, linear, naive, ridge, ridge-cycle. ``--hparam ema.d_model=64``
+Models: ema (EMAAttentionForecaster), gam, hrnet, linear, naive, phase-ridge, ridge, ridge-cycle. ``--hparam ema.d_model=64``
 overrides a hyperparameter of one model (values parsed as Python literals). ``mse_vs_ridge`` is the test MSE over
 that of `Ridge` on the same splits (the ridge is always fitted: it takes seconds).
 """
@@ -50,6 +50,7 @@ MODELS: dict[str, str] = {
     "hrnet": "HRNetForecaster",
     "linear": "Linear",
     "naive": "Naive",
+    "phase-ridge": "PhaseRidge",
     "ridge": "Ridge",
     "ridge-cycle": "RidgeCycle",
 }

@@ -19,7 +19,8 @@ from tsattn.data import SeriesDataModule
 LOOKBACK, HORIZON, CHANNELS, BATCH = 16, 4, 2, 16
 QUANTILES = [0.1, 0.5, 0.9]
 
-# name -> (defining module, small hyperparameters); sizes are linked from the data, `period` where accepted.
+# name -> (defining module, small hyperparameters); sizes are linked from the data, `period` where accepted
+# (unless a case gives its own).
 FORECASTERS = {
     "Naive": ("tsattn.models.baselines", {}),
     "SeasonalNaive": ("tsattn.models.baselines", {}),
@@ -30,6 +31,7 @@ FORECASTERS = {
     "EMAAttentionForecaster": ("tsattn.models.ema_attention", {}),
     "Ridge": ("tsattn.models.ridge", {}),
     "RidgeCycle": ("tsattn.models.ridge", {}),
+    "PhaseRidge": ("tsattn.models.phase_ridge", {"period": 4}),
 }
 
 
@@ -59,7 +61,7 @@ def _fit(
     linked = {"n_channels": dm.n_channels, "lookback": LOOKBACK, "horizon": HORIZON}
     if "period" in inspect.signature(cls).parameters:
         linked["period"] = dm.period
-    model = cls(**linked, **hparams, quantiles=quantiles)
+    model = cls(**{**linked, **hparams}, quantiles=quantiles)  # a case's own hparams win
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,

@@ -6,6 +6,7 @@ from tsattn.models.best_weights import BestWeights
 from tsattn.models.ema_attention import EMAAttentionForecaster
 from tsattn.models.gam import GAMForecaster
 from tsattn.models.hrnet import HRNetForecaster
+from tsattn.models.phase_ridge import PhaseRidge
 from tsattn.models.ridge import Ridge, RidgeCycle
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "HRNetForecaster",
     "Linear",
     "Naive",
+    "PhaseRidge",
     "Ridge",
     "RidgeCycle",
     "SeasonalNaive",

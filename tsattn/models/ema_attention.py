@@ -28,7 +28,21 @@ from torch import Tensor, nn
 
 from tsattn.layers import EMA, EMAAttentionBlock
 from tsattn.models.base import Forecaster
-from tsattn.models.ridge import check_half_life, cycle_period, fit_ridge_cycle, phase_index, ridge_inputs
+from tsattn.models.phase_ridge import (
+    check_phase_period,
+    fit_phase_ridge,
+    phase_forecast,
+    phase_inputs,
+    stack_weight,
+)
+from tsattn.models.ridge import (
+    check_half_life,
+    cv_group,
+    cycle_period,
+    phase_index,
+    ridge_cycle_stats,
+    ridge_inputs,
+)
 
 __all__ = ["EMAAttentionForecaster", "PatchEMAAttention"]
 
@@ -190,9 +204,14 @@ class EMAAttentionForecaster(Forecaster):
         head_rank: rank of the head (tokens -> head_rank -> horizon); None: one full linear map.
         context: steps at the end of the window that the attention correction reads (the closed form always
             reads the whole lookback); None: the whole lookback.
-        alpha: relative ridge penalty of the closed-form start (None: blocked cross-validation, see `Ridge`).
+        alpha: relative ridge penalty of the closed-form start (None: blocked cross-validation, see `Ridge`), of
+            both closed forms with ``phase_stack``.
         cycle_half_life: recency weighting of the training rows in the cycle, as in `RidgeCycle` (weights halve
             every ``cycle_half_life`` times the training rows back from the last); None: plain phase means.
+        phase_stack: stack `PhaseRidge` (SparseTSF in closed form) on the start: the closed-form forecast is
+            ``β * RidgeCycle + (1 - β) * PhaseRidge``, β in [0, 1] minimising the squared error of out-of-fold
+            forecasts (blocked 5-fold CV on the training windows). Needs ``lookback >= period``; meant for long
+            lookbacks (many periods in the window).
         linear_lr_scale: scale of the updates of the cycle and the ridge map relative to the network
             (0, the default, freezes them at the closed form).
         loss: training loss; default MAE (L1) for point forecasts, pinball for quantiles.
@@ -221,6 +240,7 @@ class EMAAttentionForecaster(Forecaster):
         context: int | None = None,
         alpha: float | None = None,
         cycle_half_life: float | None = None,
+        phase_stack: bool = False,
         linear_lr_scale: float = 0.0,
         quantiles: Sequence[float] | None = None,
         revin: bool = False,
@@ -246,11 +266,18 @@ class EMAAttentionForecaster(Forecaster):
         self.cycle_half_life = check_half_life(cycle_half_life)
         self.linear_lr_scale = float(linear_lr_scale)
         self.instance_norm = instance_norm
+        self.phase_stack = bool(phase_stack)
+        if self.phase_stack:
+            check_phase_period("EMAAttentionForecaster with phase_stack", self.period, self.lookback)
         # Closed-form start (fitted in fit_closed_form) and the trainable moves away from it.
         self.register_buffer("cycle_start", torch.zeros(self.period, self.n_channels))  # (P, C)
         self.register_buffer("weight_start", torch.zeros(self.lookback, self.horizon))  # (L, H)
         self.register_buffer("residual_quantiles", torch.zeros(self.horizon, self.n_channels, self.n_outputs))
         self.register_buffer("fitted_alpha", torch.tensor(float("nan")))
+        if self.phase_stack:  # PhaseRidge's map (K, M) and the weight of RidgeCycle's forecast in the stack
+            n_out = -(-self.horizon // self.period)
+            self.register_buffer("phase_weight", torch.zeros(self.lookback // self.period, n_out))
+            self.register_buffer("stack_beta", torch.tensor(1.0))
         if self.linear_lr_scale > 0:
             self.cycle_delta = nn.Parameter(torch.zeros(self.period, self.n_channels))
             self.weight_delta = nn.Parameter(torch.zeros(self.lookback, self.horizon))
@@ -293,6 +320,10 @@ class EMAAttentionForecaster(Forecaster):
         phase = phase_index(time_idx, self.lookback, self.horizon, self.period, past.device)
         x, level, future_cycle = ridge_inputs(past, self.cycle.to(past.dtype), phase)
         linear = (x @ self.weight.to(past.dtype)).transpose(1, 2) + level + future_cycle  # (B, H, C)
+        if self.phase_stack:
+            rows, mean = phase_inputs(past, self.period)
+            phased = phase_forecast(rows, mean, self.phase_weight.to(past.dtype), self.horizon)
+            linear = self.stack_beta * linear + (1 - self.stack_beta) * phased
         channels = torch.arange(self.n_channels, device=past.device).repeat(past.shape[0])  # (B * C,)
         return x, linear, channels
 
@@ -312,20 +343,46 @@ class EMAAttentionForecaster(Forecaster):
     # ----------------------------------------------------------------- closed-form start
     @torch.no_grad()
     def fit_closed_form(self, loader: Iterable[dict[str, Tensor]]) -> None:
-        cycle, weight, alpha = fit_ridge_cycle(
+        cycle, stats = ridge_cycle_stats(
             loader,
             self.lookback,
             self.horizon,
             self.n_channels,
             self.period,
-            self.alpha,
             cycle_half_life=self.cycle_half_life,
         )
+        weight, alpha = stats.solve(self.alpha)
+        log.info("ridge: fitted on %d windows x channels, alpha=%g", stats.n_rows, alpha)
         self.cycle_start.copy_(cycle)
         self.weight_start.copy_(weight)
         self.fitted_alpha.fill_(alpha)
+        if self.phase_stack:
+            self._fit_stack(loader, cycle, stats.fold_weights(alpha))
         if self.quantiles:
             self.residual_quantiles.copy_(self._start_quantiles(loader))
+
+    def _fit_stack(self, loader: Iterable[dict[str, Tensor]], cycle: Tensor, folds: Tensor) -> None:
+        """Fit `PhaseRidge` and the weight of the stack by blocked CV (out-of-fold forecasts of both)."""
+        phase = fit_phase_ridge(loader, self.lookback, self.horizon, self.period)
+        weight, alphas = phase.solve(self.alpha)
+        self.phase_weight.copy_(weight)
+        phase_folds, block = phase.fold_weights(alphas), self.lookback + self.horizon
+
+        def forecasts(batch: dict[str, Tensor], k: int) -> tuple[Tensor, Tensor]:
+            past = batch["past"].double()
+            steps = phase_index(batch["time_idx"], self.lookback, self.horizon, self.period, past.device)
+            x, level, future_cycle = ridge_inputs(past, cycle.to(past.device), steps)
+            ridge = (x @ folds[k].to(past.device)).transpose(1, 2) + level + future_cycle
+            rows, mean = phase_inputs(past, self.period)
+            return ridge, phase_forecast(rows, mean, phase_folds[k].to(past.device), self.horizon)
+
+        def fold_of(batch: dict[str, Tensor]) -> Tensor:
+            if batch.get("time_idx") is None:
+                raise ValueError("phase_stack needs time_idx (the absolute step of the first future step) in the batch")
+            return cv_group(batch, block, 0) % len(folds)
+
+        self.stack_beta.fill_(stack_weight(loader, forecasts, fold_of))
+        log.info("phase stack: PhaseRidge alpha=%s, weight of RidgeCycle %.3f", alphas, float(self.stack_beta))
 
     def _start_quantiles(self, loader: Iterable[dict[str, Tensor]]) -> Tensor:
         """Empirical quantiles (H, C, Q) of the closed-form residuals on training windows."""

@@ -33,9 +33,11 @@ __all__ = [
     "RidgeCycle",
     "RidgeStats",
     "check_half_life",
+    "cv_group",
     "cycle_period",
     "fit_ridge_cycle",
     "phase_index",
+    "ridge_cycle_stats",
     "ridge_inputs",
     "ridge_solve",
 ]
@@ -91,15 +93,20 @@ class RidgeStats:
     def n_rows(self) -> int:
         return int(self.count.sum().item() / max(self.xty.shape[-1], 1))
 
+    def fold_weights(self, alpha: float) -> Tensor:
+        """(n_folds, F, H) float64: the weights fitted without each fold."""
+        xtx, xty = self.xtx.sum(0), self.xty.sum(0)
+        return torch.stack([ridge_solve(xtx - self.xtx[k], xty - self.xty[k], alpha) for k in range(self.n_folds)])
+
     def cv_errors(self, grid: Sequence[float] = ALPHA_GRID) -> Tensor:
         """Blocked K-fold mean squared error of each penalty in ``grid``, (len(grid),)."""
-        xtx, xty = self.xtx.sum(0), self.xty.sum(0)
         used = [k for k in range(self.n_folds) if self.count[k] > 0]
         errors = torch.zeros(len(grid), dtype=torch.float64)
         for i, alpha in enumerate(grid):
             sse = 0.0
+            weights = self.fold_weights(alpha)
             for k in used:
-                w = ridge_solve(xtx - self.xtx[k], xty - self.xty[k], alpha)  # fit without fold k
+                w = weights[k]  # fitted without fold k
                 # ||Y_k - X_k W||² = YᵀY - 2 tr(Wᵀ XᵀY) + tr(Wᵀ XᵀX W), all from fold k's statistics
                 sse += self.yty[k] - 2 * (w * self.xty[k]).sum() + (w * (self.xtx[k] @ w)).sum()
             errors[i] = sse / self.count[used].sum()
@@ -233,6 +240,14 @@ def ridge_inputs(past: Tensor, cycle: Tensor, phase: Tensor) -> tuple[Tensor, Te
     return x, level, seasonal[:, lookback:]
 
 
+def cv_group(batch: dict[str, Tensor], block: int, seen: int) -> Tensor:
+    """Cross-validation block of each window of a batch (B,): ``time_idx // block``; without a time_idx, the
+    window's running number in the pass (``seen`` before this batch) // block."""
+    if batch.get("time_idx") is not None:
+        return torch.div(batch["time_idx"].long(), block, rounding_mode="floor")
+    return torch.arange(seen, seen + batch["past"].shape[0], device=batch["past"].device) // block
+
+
 @torch.no_grad()
 def fit_ridge_cycle(
     loader: Iterable[dict[str, Tensor]],
@@ -253,6 +268,23 @@ def fit_ridge_cycle(
 
     Returns the cycle (P, C) float64, the ridge weights (L, H) float64 and the penalty used.
     """
+    cycle, stats = ridge_cycle_stats(loader, lookback, horizon, n_channels, period, normalise, cycle_half_life)
+    weights, alpha = stats.solve(alpha)
+    log.info("ridge: fitted on %d windows x channels, alpha=%g", stats.n_rows, alpha)
+    return cycle, weights, alpha
+
+
+@torch.no_grad()
+def ridge_cycle_stats(
+    loader: Iterable[dict[str, Tensor]],
+    lookback: int,
+    horizon: int,
+    n_channels: int,
+    period: int = 1,
+    normalise=None,
+    cycle_half_life: float | None = None,
+) -> tuple[Tensor, RidgeStats]:
+    """The cycle (P, C) float64 and the ridge statistics of `fit_ridge_cycle` (windows in CV blocks of L + H)."""
     if period > 1:
         phases = PhaseMeans(n_channels)
         for batch in loader:
@@ -273,17 +305,12 @@ def fit_ridge_cycle(
         phase = phase_index(batch.get("time_idx"), lookback, horizon, period, past.device)
         x, level, future_cycle = ridge_inputs(past.double(), cycle_dev, phase)
         y = (future.double() - future_cycle - level).transpose(1, 2)  # (B, H, C) -> (B, C, H)
-        if batch.get("time_idx") is not None:
-            group = torch.div(batch["time_idx"].long(), block, rounding_mode="floor")
-        else:
-            group = torch.arange(seen, seen + past.shape[0], device=past.device) // block
+        group = cv_group(batch, block, seen)
         seen += past.shape[0]
         stats.update(x.reshape(-1, lookback), y.reshape(-1, horizon), group.repeat_interleave(n_channels))
     if stats is None:
         raise ValueError("no training windows to fit the ridge regression on")
-    weights, alpha = stats.solve(alpha)
-    log.info("ridge: fitted on %d windows x channels, alpha=%g", stats.n_rows, alpha)
-    return cycle, weights, alpha
+    return cycle, stats
 
 
 class Ridge(_RuleForecaster):
