@@ -165,6 +165,15 @@ def test_closed_form_start_kept_when_training_hurts(wide_csv, tmp_path):
     assert last["net.head.1.weight"].any()  # training did move it
 
 
+def test_no_epochs_fits_and_saves_the_closed_form(wide_csv, tmp_path):
+    # max_epochs=0 skips Lightning's training loop; the closed-form start is still fitted, saved and tested.
+    main(fit_args(wide_csv, tmp_path, "--trainer.max_epochs", "0", "--compare", "RidgeCycle"))
+    run = tmp_path / "version_0"
+    assert best_checkpoint(run).name == "best-start.ckpt"
+    rows = json.loads((run / "metrics.json").read_text())["test"]
+    assert rows[cli.DEFAULT_MODEL]["test/mse"] == pytest.approx(rows["RidgeCycle"]["test/mse"], rel=1e-5)
+
+
 def test_ema_weights_option(wide_csv, tmp_path):
     main(fit_args(wide_csv, tmp_path, "--ema_weights", "true", "--ema_decay", "0.9", "--model", "Linear"))
     ckpt = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -321,18 +321,23 @@ def _selected_checkpoint(trainer: Trainer, model: Forecaster) -> str | None:
     """After fit: load the best validated weights into ``model`` and return the checkpoint that holds them.
 
     That is ModelCheckpoint's best, unless `BestWeights` found the state before the first training step better
-    than every trained epoch (a closed-form start that training did not improve): then that state is saved as
-    ``best-start.ckpt`` beside the other checkpoints. None when nothing was checkpointed (test the model as is).
+    than every trained epoch (a closed-form start that training did not improve), or nothing was trained
+    (``max_epochs=0``): then that state is saved as ``best-start.ckpt`` beside the other checkpoints. None when
+    nothing was checkpointed (test the model as is).
     """
     best = next((c for c in trainer.callbacks if isinstance(c, BestWeights)), None)
     if best is not None:
         best.restore(model)
     ckpt = trainer.checkpoint_callback
     dirpath = getattr(ckpt, "dirpath", None) if isinstance(ckpt, ModelCheckpoint) else None
-    if best is not None and best.start_won and dirpath:
+    untrained = trainer.max_epochs == 0  # the closed-form start alone (fitted in on_fit_end)
+    if dirpath and (untrained or (best is not None and best.start_won)):
         path = Path(dirpath) / "best-start.ckpt"
         trainer.save_checkpoint(path)
-        log.info("the start (%s %.4f) beat every trained epoch; saved as %s", best.monitor, best.best_score, path)
+        if untrained:
+            log.info("max_epochs=0: the closed-form start, untrained, saved as %s", path)
+        else:
+            log.info("the start (%s %.4f) beat every trained epoch; saved as %s", best.monitor, best.best_score, path)
         return str(path)
     return (ckpt.best_model_path or None) if isinstance(ckpt, ModelCheckpoint) else None
 

@@ -199,6 +199,13 @@ class Forecaster(L.LightningModule):
                 self.fit_closed_form(DeviceLoader(loader, self.device))
             self.closed_form_fitted.fill_(True)
 
+    def on_fit_end(self) -> None:
+        # max_epochs=0 skips the training loop and on_train_start: the closed-form part is still fitted
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not bool(self.closed_form_fitted) and datamodule is not None:
+            self.fit_closed_form(DeviceLoader(datamodule.train_dataloader(), self.device))
+            self.closed_form_fitted.fill_(True)
+
     def on_train_epoch_end(self) -> None:
         if not self._has_trainable_parameters():
             self.trainer.should_stop = True  # one pass is enough to fit, validate and checkpoint
