@@ -185,6 +185,10 @@ class EMAAttentionForecaster(Forecaster):
       0.3665 / 0.4130 / 0.4492 / 0.4404: at H=720 trained epochs then validate better and test worse (seeds 0-2:
       0.4474, 0.4720, 0.4761; with plain means the first epoch is kept, 0.4404, 0.4419, 0.4417), so it is an
       option, not the default.
+    - No stacked start by default (``phase_stack``: RidgeCycle blended with `PhaseRidge`, the weight from
+      out-of-fold forecasts on the training windows). At lookback 512 it tested better than both closed forms at
+      H = 192-720 (0.3875 / 0.4065 / 0.4098) but validated 0.1-0.7 % worse than RidgeCycle at every horizon; at
+      lookback 96 the flagship with it tested 0.3679 / 0.4162 / 0.4493 / 0.4414, no better than without.
     - At horizon 336 every variant's validation got worse from the first epoch: selection keeps the closed-form
       start there, so the model is never worse than `RidgeCycle` on validation (`BestWeights`, used by the CLI
       and the benchmark, scores the start as epoch -1; a plain ModelCheckpoint would not).
