@@ -177,3 +177,10 @@ def test_flagship_stack_needs_time_idx(wide_frame) -> None:
     batches = [{k: v for k, v in b.items() if k != "time_idx"} for b in dm._loader("train", shuffle=False)]
     with pytest.raises(ValueError, match="phase_stack needs time_idx"):
         model.fit_closed_form(batches)
+
+
+@pytest.mark.parametrize("cls", [PhaseRidge, RidgeCycle, EMAAttentionForecaster])
+@pytest.mark.parametrize("alpha", [0.0, -1.0, float("inf")])
+def test_bad_alpha_is_named(cls, alpha) -> None:
+    with pytest.raises(ValueError, match="alpha must be a positive number or None"):
+        cls(2, LOOKBACK, 6, period=PERIOD, alpha=alpha)

@@ -36,6 +36,7 @@ from tsattn.models.phase_ridge import (
     stack_weight,
 )
 from tsattn.models.ridge import (
+    check_alpha,
     check_half_life,
     cv_group,
     cycle_period,
@@ -256,8 +257,6 @@ class EMAAttentionForecaster(Forecaster):
         if loss is None and not quantiles:
             loss = nn.L1Loss()  # measured: MAE training beats MSE training on validation and test MSE alike
         super().__init__(n_channels, lookback, horizon, quantiles, revin, loss, optimizer, lr_scheduler)
-        if alpha is not None and not float(alpha) > 0:
-            raise ValueError(f"alpha must be a positive number or None, got {alpha!r}")
         if linear_lr_scale < 0:
             raise ValueError(f"linear_lr_scale must be >= 0, got {linear_lr_scale!r}")
         if context is not None and not 1 <= int(context):
@@ -266,7 +265,7 @@ class EMAAttentionForecaster(Forecaster):
             raise ValueError(f"trend_decay must be in (0, 1) or None, got {trend_decay!r}")
         self.period = season
         self.context = self.lookback if context is None else min(int(context), self.lookback)
-        self.alpha = None if alpha is None else float(alpha)
+        self.alpha = check_alpha(alpha)
         self.cycle_half_life = check_half_life(cycle_half_life)
         self.linear_lr_scale = float(linear_lr_scale)
         self.instance_norm = instance_norm

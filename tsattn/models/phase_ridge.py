@@ -22,7 +22,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from tsattn.models.baselines import _RuleForecaster
-from tsattn.models.ridge import RidgeStats, cv_group
+from tsattn.models.ridge import RidgeStats, check_alpha, cv_group
 
 __all__ = [
     "PhaseRidge",
@@ -154,9 +154,7 @@ class PhaseRidge(_RuleForecaster):
     ) -> None:
         super().__init__(n_channels, lookback, horizon, quantiles, revin, loss, optimizer, lr_scheduler)
         self.period = check_phase_period("PhaseRidge", period, self.lookback)
-        if alpha is not None and not float(alpha) > 0:
-            raise ValueError(f"alpha must be a positive number or None (chosen by cross-validation), got {alpha!r}")
-        self.alpha = None if alpha is None else float(alpha)
+        self.alpha = check_alpha(alpha)
         n_out = -(-self.horizon // self.period)
         self.register_buffer("weight", torch.zeros(self.lookback // self.period, n_out))  # (K, M)
 

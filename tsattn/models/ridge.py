@@ -32,6 +32,7 @@ __all__ = [
     "Ridge",
     "RidgeCycle",
     "RidgeStats",
+    "check_alpha",
     "check_half_life",
     "cv_group",
     "cycle_period",
@@ -199,6 +200,15 @@ def cycle_period(owner: str, period: int | None, revin: bool) -> int:
     return int(period) if period else 1
 
 
+def check_alpha(alpha: float | None) -> float | None:
+    """A ridge ``alpha`` as a float, or a ValueError naming the argument; None (cross-validation) stays None."""
+    if alpha is None:
+        return None
+    if not (float(alpha) > 0 and math.isfinite(float(alpha))):
+        raise ValueError(f"alpha must be a positive number or None (chosen by cross-validation), got {alpha!r}")
+    return float(alpha)
+
+
 def check_half_life(half_life: float | None) -> float | None:
     """``cycle_half_life`` as a float, or a ValueError naming the argument."""
     if half_life is None:
@@ -340,11 +350,7 @@ class Ridge(_RuleForecaster):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(n_channels, lookback, horizon, quantiles, revin, loss, optimizer, lr_scheduler)
-        if alpha is not None and not (float(alpha) > 0 and math.isfinite(float(alpha))):
-            raise ValueError(
-                f"alpha must be a positive number or None (chosen by cross-validation), got {alpha!r}"
-            )
-        self.alpha = None if alpha is None else float(alpha)
+        self.alpha = check_alpha(alpha)
         self.period = 1
         self.cycle_half_life: float | None = None
         self.register_buffer("weight", torch.zeros(self.lookback, self.horizon))  # (L, H)
