@@ -355,7 +355,6 @@ class EMAAttentionForecaster(Forecaster):
             cycle_half_life=self.cycle_half_life,
         )
         weight, alpha = stats.solve(self.alpha)
-        log.info("ridge: fitted on %d windows x channels, alpha=%g", stats.n_rows, alpha)
         self.cycle_start.copy_(cycle)
         self.weight_start.copy_(weight)
         self.fitted_alpha.fill_(alpha)

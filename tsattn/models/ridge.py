@@ -124,6 +124,7 @@ class RidgeStats:
                 errors = self.cv_errors(grid)
                 alpha = float(grid[int(errors.argmin())])
                 log.info("ridge: blocked-CV MSE %s -> alpha=%g", [round(float(e), 5) for e in errors], alpha)
+        log.info("ridge: fitted on %d rows, alpha=%g", self.n_rows, alpha)
         return ridge_solve(self.xtx.sum(0), self.xty.sum(0), alpha), alpha
 
 
@@ -280,7 +281,6 @@ def fit_ridge_cycle(
     """
     cycle, stats = ridge_cycle_stats(loader, lookback, horizon, n_channels, period, normalise, cycle_half_life)
     weights, alpha = stats.solve(alpha)
-    log.info("ridge: fitted on %d windows x channels, alpha=%g", stats.n_rows, alpha)
     return cycle, weights, alpha
 
 
