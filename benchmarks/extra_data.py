@@ -1,5 +1,5 @@
-"""Write four public series bundled with pmdarima and statsmodels as wide CSVs, to run `ltsf.py` on data that
-no default of tsattn was chosen on.
+"""Write four public series bundled with pmdarima and statsmodels, and one seeded random walk, as wide CSVs, to run
+`ltsf.py` on data that no default of tsattn was chosen on.
 
     pip install pmdarima statsmodels --no-deps   # data files only; nothing here imports them
     python benchmarks/extra_data.py --out /tmp/extra
@@ -9,7 +9,10 @@ no default of tsattn was chosen on.
 - ``sunspots.csv``: monthly mean sunspot numbers 1749-1983 (2,820 rows, period 12);
 - ``co2.csv``: weekly Mauna Loa CO2 1958-2001 (2,284 rows; the 59 missing weeks interpolated; no period);
 - ``msft.csv``: Microsoft daily open/high/low/close/volume 1986-2017 (7,983 trading days, 5 channels; run it
-  with ``--missing ignore``: holidays are gaps in the business-day calendar).
+  with ``--missing ignore``: holidays are gaps in the business-day calendar);
+- ``random_walk.csv``: synthetic, 8 correlated geometric random walks with Student-t steps, daily (7,588 rows, the
+  size of the Exchange benchmark; seeded): the case where nothing in the window predicts the change and the last
+  value is the best forecast.
 
 The files are read from the installed packages' data folders (no network, no import of either package); dates are
 attached where the packages store bare numbers (the start dates are those of the sources).
@@ -48,7 +51,7 @@ def _member(archive: Path, name: str) -> pd.DataFrame:
 
 
 def frames() -> dict[str, pd.DataFrame]:
-    """The four series as wide frames with a ``date`` column."""
+    """The five series as wide frames with a ``date`` column."""
     pm = _package_dir("pmdarima") / "datasets"
     sm = _package_dir("statsmodels") / "datasets"
     # taylor: the values are a literal array in the loader's source
@@ -61,7 +64,18 @@ def frames() -> dict[str, pd.DataFrame]:
     co2["date"] = pd.to_datetime(co2["date"].astype(str), format="%Y%m%d")
     co2["co2"] = co2["co2"].interpolate()
     msft = _member(pm / "data" / "msft.tar.gz", "msft.csv").drop(columns="OpenInt").rename(columns={"Date": "date"})
-    return {"taylor": taylor, "sunspots": sunspots, "co2": co2, "msft": msft}
+    return {"taylor": taylor, "sunspots": sunspots, "co2": co2, "msft": msft, "random_walk": random_walk()}
+
+
+def random_walk(rows: int = 7588, channels: int = 8, seed: int = 7) -> pd.DataFrame:
+    """Correlated geometric random walks (pairwise step correlation 0.6, Student-t(5) steps), daily from 1990."""
+    rng = np.random.default_rng(seed)
+    steps = rng.standard_t(5, size=(rows, channels)) * 0.006 * np.exp(rng.normal(0, 0.3, size=channels))
+    mix = np.linalg.cholesky(0.6 * np.ones((channels, channels)) + 0.4 * np.eye(channels))
+    prices = np.exp(np.cumsum(steps @ mix.T, axis=0)) * rng.uniform(0.5, 2.0, size=channels)
+    frame = pd.DataFrame(prices, columns=[f"cur{i}" for i in range(channels)])
+    frame.insert(0, "date", pd.date_range("1990-01-01", periods=rows, freq="D"))
+    return frame
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,6 +78,24 @@ def test_ridge_stats_cv_matches_explicit_folds() -> None:
     torch.testing.assert_close(w, ridge_solve(stats.xtx.sum(0), stats.xty.sum(0), alpha))
 
 
+
+def test_cv_shrinks_to_the_last_value_on_a_random_walk() -> None:
+    """Nothing in a random walk's window predicts its change: the CV must pick a penalty that gives ~`Naive`."""
+    rng = np.random.default_rng(3)
+    n = 1500
+    frame = pd.DataFrame(
+        {"date": pd.date_range("2020-01-01", periods=n, freq="D"), "a": rng.standard_normal(n).cumsum()}
+    )
+    dm = SeriesDataModule(frame=frame, lookback=48, horizon=12, batch_size=256)
+    model = Ridge(1, 48, 12)
+    model.fit_closed_form(dm.train_dataloader())
+    assert float(model.fitted_alpha) >= 1e3
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        pred = model(batch["past"])
+    last = batch["past"][:, -1:, :].expand_as(pred)
+    assert float((pred - last).abs().max()) < 0.05 * float(batch["past"].std())
+
 def _periodic_frame(n: int = 360, period: int = 24) -> pd.DataFrame:
     t = np.arange(n)
     rng = np.random.default_rng(1)
