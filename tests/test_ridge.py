@@ -78,7 +78,6 @@ def test_ridge_stats_cv_matches_explicit_folds() -> None:
     torch.testing.assert_close(w, ridge_solve(stats.xtx.sum(0), stats.xty.sum(0), alpha))
 
 
-
 def test_cv_shrinks_to_the_last_value_on_a_random_walk() -> None:
     """Nothing in a random walk's window predicts its change: the CV must pick a penalty that gives ~`Naive`."""
     rng = np.random.default_rng(3)
@@ -95,6 +94,7 @@ def test_cv_shrinks_to_the_last_value_on_a_random_walk() -> None:
         pred = model(batch["past"])
     last = batch["past"][:, -1:, :].expand_as(pred)
     assert float((pred - last).abs().max()) < 0.05 * float(batch["past"].std())
+
 
 def _periodic_frame(n: int = 360, period: int = 24) -> pd.DataFrame:
     t = np.arange(n)

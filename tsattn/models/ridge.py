@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 # Relative ridge penalties tried by blocked cross-validation when ``alpha`` is None (see `RidgeStats.solve`). The
 # large ones shrink the map to nearly zero, i.e. to the last value (plus the cycle): what the CV picks where nothing in
-# the window predicts the change (a random walk), so the references are never worse than `Naive` for want of a penalty.
+# the window predicts the change (a random walk), so that a closed form need not lose to `Naive` for want of a penalty.
 ALPHA_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5)
 _N_FOLDS = 5
 
