@@ -150,9 +150,9 @@ def test_test_and_predict_from_saved_run(wide_csv, tmp_path, capsys):
 
 def test_closed_form_start_kept_when_training_hurts(wide_csv, tmp_path):
     # A learning rate that wrecks every trained epoch: selection must keep the closed-form start (epoch -1),
-    # save it as best-start.ckpt, and test it, so the flagship scores exactly as RidgeCycle.
+    # save it as best-start.ckpt, and test it, so the flagship (without its kernel part) scores exactly as RidgeCycle.
     main(fit_args(wide_csv, tmp_path, "--model.optimizer", "SGD", "--model.optimizer.lr", "1e4",
-                  "--trainer.max_epochs", "2", "--compare", "RidgeCycle"))
+                  "--trainer.max_epochs", "2", "--compare", "RidgeCycle", "--model.random_features", "0"))
     run = tmp_path / "version_0"
     path = best_checkpoint(run)
     assert path.name == "best-start.ckpt"
@@ -167,7 +167,8 @@ def test_closed_form_start_kept_when_training_hurts(wide_csv, tmp_path):
 
 def test_no_epochs_fits_and_saves_the_closed_form(wide_csv, tmp_path):
     # max_epochs=0 skips Lightning's training loop; the closed-form start is still fitted, saved and tested.
-    main(fit_args(wide_csv, tmp_path, "--trainer.max_epochs", "0", "--compare", "RidgeCycle"))
+    main(fit_args(wide_csv, tmp_path, "--trainer.max_epochs", "0", "--compare", "RidgeCycle",
+                  "--model.random_features", "0"))
     run = tmp_path / "version_0"
     assert best_checkpoint(run).name == "best-start.ckpt"
     rows = json.loads((run / "metrics.json").read_text())["test"]

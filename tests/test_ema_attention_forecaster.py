@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import lightning as L
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from tsattn.data import SeriesDataModule
 from tsattn.models.ema_attention import EMAAttentionForecaster
+from tsattn.models.random_features import RandomFourierFeatures
 from tsattn.models.ridge import RidgeCycle
 
 LOOKBACK, HORIZON = 24, 6
@@ -41,6 +45,7 @@ def test_starts_at_ridge_cycle(dm, quantiles, half_life) -> None:
         period=dm.period,
         cycle_half_life=half_life,
         quantiles=quantiles,
+        random_features=0,
         **SMALL,
     )
     ridge = RidgeCycle(
@@ -167,3 +172,103 @@ def test_no_period_and_bad_arguments(dm) -> None:
         EMAAttentionForecaster(2, LOOKBACK, HORIZON, trend_decay=1.5)
     with pytest.raises(ValueError, match="cycle_half_life"):
         EMAAttentionForecaster(2, LOOKBACK, HORIZON, cycle_half_life=float("nan"))
+    with pytest.raises(ValueError, match="random_features"):
+        EMAAttentionForecaster(2, LOOKBACK, HORIZON, random_features=-1)
+    with pytest.raises(ValueError, match="random_features=0"):
+        EMAAttentionForecaster(2, LOOKBACK, HORIZON, period=4, phase_stack=True)
+    with pytest.raises(ValueError, match="bandwidth"):
+        EMAAttentionForecaster(2, LOOKBACK, HORIZON, feature_bandwidth=0.0)
+
+
+def test_random_features_approximate_a_gaussian_kernel() -> None:
+    torch.manual_seed(0)
+    rff = RandomFourierFeatures(6, 20_000)
+    rff.set_scale(1.0)  # entries of mean square 1: length scale sqrt(6)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    phi = rff(x)  # (5, D)
+    approx = 2.0 * phi @ phi.T / rff.n_features
+    exact = torch.exp(-torch.cdist(x, x).square() * float(rff.scale) ** 2 / 2)
+    torch.testing.assert_close(approx, exact, atol=0.03, rtol=0.0)
+
+
+def test_random_features_leave_the_random_stream_alone(dm) -> None:
+    """Building and fitting the kernel part draws nothing from the global RNG: the network starts and trains alike."""
+    nets, states = [], []
+    for features in (0, 64):
+        torch.manual_seed(0)
+        model = EMAAttentionForecaster(
+            dm.n_channels, LOOKBACK, HORIZON, period=dm.period, random_features=features, **SMALL
+        )
+        model.fit_closed_form(dm.train_dataloader())  # shuffled: every pass draws from the global RNG
+        nets.append(model.net)
+        states.append(torch.get_rng_state())
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0.0, atol=0.0)
+    assert torch.equal(states[0], states[1])
+
+
+def _threshold_frame(n: int = 900, seed: int = 0) -> pd.DataFrame:
+    """Two threshold-autoregressive channels: the next step depends on the sign of the last, beyond any linear map."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 2))
+    for t in range(1, n):
+        prev = x[t - 1]
+        x[t] = np.where(prev > 0, 0.95 * prev - 0.4, -0.6 * prev + 0.9) + 0.3 * rng.standard_normal(2)
+    return pd.DataFrame({"date": pd.date_range("2024-01-01", periods=n, freq="D"), "a": x[:, 0], "b": x[:, 1]})
+
+
+def _start_mse(model, loader) -> float:
+    model.eval()
+    total = count = 0.0
+    with torch.no_grad():
+        for batch in loader:
+            total += float((model(batch["past"], batch.get("time_idx")) - batch["future"]).square().sum())
+            count += batch["future"].numel()
+    return total / count
+
+
+def test_random_features_learn_what_the_linear_map_cannot_and_are_chosen_on_validation() -> None:
+    dm = SeriesDataModule(frame=_threshold_frame(), lookback=16, horizon=4, batch_size=64)
+    L.seed_everything(0, verbose=False)
+    model = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, random_features=256, **SMALL)
+    trainer = L.Trainer(
+        max_epochs=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, datamodule=dm)  # no training step: the closed form is fitted, its feature penalty on val
+    ridge = RidgeCycle(dm.n_channels, 16, 4, period=dm.period)
+    ridge.fit_closed_form(dm._loader("train"))
+    assert np.isfinite(float(model.feature_alpha))  # a feature map was kept
+    # the kept map is the best of the candidates on validation, so never worse there than the linear closed form
+    assert _start_mse(model, dm.val_dataloader()) <= _start_mse(ridge, dm.val_dataloader())
+    assert _start_mse(model, dm.test_dataloader()) < 0.95 * _start_mse(ridge, dm.test_dataloader())
+    # without validation data the penalty comes from blocked CV on the training windows; the features are saved
+    again = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, random_features=256, **SMALL)
+    again.fit_closed_form(dm._loader("train"))
+    assert float(again.feature_alpha) > 0
+    loaded = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, random_features=256, **SMALL)
+    loaded.load_state_dict(model.state_dict())
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        expected = model(batch["past"], batch["time_idx"])
+        torch.testing.assert_close(loaded.eval()(batch["past"], batch["time_idx"]), expected)
+
+
+def test_checkpoints_without_the_kernel_part_load_as_before(dm) -> None:
+    torch.manual_seed(0)
+    old = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, random_features=0, **SMALL)
+    old.fit_closed_form(dm.train_dataloader())
+    saved = {k: v for k, v in old.state_dict().items() if not k.startswith("feature")}  # as written before
+    torch.manual_seed(0)
+    new = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **SMALL)
+    checkpoint = {"state_dict": dict(saved)}
+    new.on_load_checkpoint(checkpoint)
+    new.load_state_dict(checkpoint["state_dict"])
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        expected = old.eval()(batch["past"], batch["time_idx"])
+        torch.testing.assert_close(new.eval()(batch["past"], batch["time_idx"]), expected)

@@ -85,7 +85,7 @@ def test_phase_ridge_reads_whole_periods() -> None:
     with pytest.raises(ValueError, match=r"lookback \(12\) must be at least the period \(24\)"):
         PhaseRidge(2, 12, 6, period=24)
     with pytest.raises(ValueError, match="lookback"):
-        EMAAttentionForecaster(2, 12, 6, period=24, phase_stack=True)
+        EMAAttentionForecaster(2, 12, 6, period=24, phase_stack=True, random_features=0)
 
 
 def test_stack_weight_is_the_least_squares_blend() -> None:
@@ -127,9 +127,8 @@ def test_flagship_stack_is_the_cross_validated_blend(wide_frame) -> None:
     horizon, alpha, period = 12, 0.05, 24
     dm = SeriesDataModule(frame=wide_frame(n=400, channels=2), lookback=LOOKBACK, horizon=horizon, batch_size=32)
     torch.manual_seed(0)
-    model = EMAAttentionForecaster(
-        dm.n_channels, LOOKBACK, horizon, period=period, alpha=alpha, phase_stack=True, d_model=8, n_heads=2
-    )
+    kw = {"period": period, "alpha": alpha, "phase_stack": True, "random_features": 0, "d_model": 8, "n_heads": 2}
+    model = EMAAttentionForecaster(dm.n_channels, LOOKBACK, horizon, **kw)
     model.fit_closed_form(dm.train_dataloader())
     past, future, tidx = _train_windows(dm)
     cycle = model.cycle_start.double().numpy()
@@ -160,9 +159,7 @@ def test_flagship_stack_is_the_cross_validated_blend(wide_frame) -> None:
     model.eval()
     batch = next(iter(dm.test_dataloader()))
     # the stack is saved with the model
-    loaded = EMAAttentionForecaster(
-        dm.n_channels, LOOKBACK, horizon, period=period, alpha=alpha, phase_stack=True, d_model=8, n_heads=2
-    )
+    loaded = EMAAttentionForecaster(dm.n_channels, LOOKBACK, horizon, **kw)
     loaded.load_state_dict(model.state_dict())
     loaded.eval()
     with torch.no_grad():
@@ -173,7 +170,9 @@ def test_flagship_stack_is_the_cross_validated_blend(wide_frame) -> None:
 
 def test_flagship_stack_needs_time_idx(wide_frame) -> None:
     dm = SeriesDataModule(frame=wide_frame(n=300, channels=2), lookback=LOOKBACK, horizon=6, batch_size=32)
-    model = EMAAttentionForecaster(dm.n_channels, LOOKBACK, 6, phase_stack=True, d_model=8, n_heads=2)
+    model = EMAAttentionForecaster(
+        dm.n_channels, LOOKBACK, 6, phase_stack=True, random_features=0, d_model=8, n_heads=2
+    )
     batches = [{k: v for k, v in b.items() if k != "time_idx"} for b in dm._loader("train", shuffle=False)]
     with pytest.raises(ValueError, match="phase_stack needs time_idx"):
         model.fit_closed_form(batches)
