@@ -8,9 +8,10 @@
 Each run writes one folder ``<trainer.default_root_dir>/version_N/`` holding ``config.yaml`` (the full parsed
 config), ``metrics.csv`` (CSV logs), ``checkpoints/`` (the best by ``val/mse`` and ``last.ckpt``), ``metrics.json``
 (test metrics) and, with ``--plot true``, ``forecast.png``. Selection counts the state before the first training
-step: when a closed-form start (the flagship starts at ``RidgeCycle``) scores better on validation than every
-trained epoch, it is saved as ``checkpoints/best-start.ckpt``. After ``fit`` the best checkpoint is tested, and the
-models named by ``--compare`` are fitted and tested on the same data and shown beside it in one table.
+step: when a closed-form start (the flagship starts at ``RidgeCycle`` plus a kernel ridge) scores better on
+validation than every trained epoch, it is saved as ``checkpoints/best-start.ckpt``. After ``fit`` the best
+checkpoint is tested, and the models named by ``--compare`` are fitted and tested on the same data and shown beside
+it in one table.
 
 Channels, lookback, horizon and period are given once, to the data (``--data.*``), and linked to the model.
 """

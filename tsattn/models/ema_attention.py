@@ -513,8 +513,9 @@ class EMAAttentionForecaster(Forecaster):
             ``trend``: the EMA trend of the attention input (B, context, C), in the scaled units of the series minus the
             cycle and the window's last value (zeros without a trend split),
             ``token_ends``: (tokens,) index of the last step of each token in the window,
-            ``forecast``: (B, H, C[, Q]), ``closed_form``: (B, H, C) the cycle + ridge part, ``cycle`` (P, C),
-            ``decays`` / ``half_lives``: per block (heads,), ``trend_decay``: the learned trend λ (or None).
+            ``forecast``: (B, H, C[, Q]), ``closed_form``: (B, H, C) the cycle + ridge (+ kernel ridge) part,
+            ``cycle`` (P, C), ``decays`` / ``half_lives``: per block (heads,), ``trend_decay``: the learned trend λ
+            (or None).
         """
         past, time_idx = batch["past"], batch.get("time_idx")
         b = past.shape[0]
