@@ -14,7 +14,7 @@ from tsattn.models.random_features import RandomFourierFeatures
 from tsattn.models.ridge import RidgeCycle
 
 LOOKBACK, HORIZON = 24, 6
-SMALL = {"d_model": 8, "n_heads": 2, "patch_len": 8, "patch_stride": 4}
+SMALL = {"d_model": 8, "n_heads": 2, "patch_len": 8, "patch_stride": 4, "random_features": 256}
 
 
 
@@ -45,8 +45,7 @@ def test_starts_at_ridge_cycle(dm, quantiles, half_life) -> None:
         period=dm.period,
         cycle_half_life=half_life,
         quantiles=quantiles,
-        random_features=0,
-        **SMALL,
+        **(SMALL | {"random_features": 0}),
     )
     ridge = RidgeCycle(
         dm.n_channels,
@@ -197,7 +196,7 @@ def test_random_features_leave_the_random_stream_alone(dm) -> None:
     for features in (0, 64):
         torch.manual_seed(0)
         model = EMAAttentionForecaster(
-            dm.n_channels, LOOKBACK, HORIZON, period=dm.period, random_features=features, **SMALL
+            dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **(SMALL | {"random_features": features})
         )
         model.fit_closed_form(dm.train_dataloader())  # shuffled: every pass draws from the global RNG
         nets.append(model.net)
@@ -230,7 +229,7 @@ def _start_mse(model, loader) -> float:
 def test_random_features_learn_what_the_linear_map_cannot_and_are_chosen_on_validation() -> None:
     dm = SeriesDataModule(frame=_threshold_frame(), lookback=16, horizon=4, batch_size=64)
     L.seed_everything(0, verbose=False)
-    model = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, random_features=256, **SMALL)
+    model = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, **SMALL)
     trainer = L.Trainer(
         max_epochs=0,
         logger=False,
@@ -247,10 +246,10 @@ def test_random_features_learn_what_the_linear_map_cannot_and_are_chosen_on_vali
     assert _start_mse(model, dm.val_dataloader()) <= _start_mse(ridge, dm.val_dataloader())
     assert _start_mse(model, dm.test_dataloader()) < 0.95 * _start_mse(ridge, dm.test_dataloader())
     # without validation data the penalty comes from blocked CV on the training windows; the features are saved
-    again = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, random_features=256, **SMALL)
+    again = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, **SMALL)
     again.fit_closed_form(dm._loader("train"))
     assert float(again.feature_alpha) > 0
-    loaded = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, random_features=256, **SMALL)
+    loaded = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, **SMALL)
     loaded.load_state_dict(model.state_dict())
     batch = next(iter(dm.test_dataloader()))
     with torch.no_grad():
@@ -260,7 +259,8 @@ def test_random_features_learn_what_the_linear_map_cannot_and_are_chosen_on_vali
 
 def test_checkpoints_without_the_kernel_part_load_as_before(dm) -> None:
     torch.manual_seed(0)
-    old = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, random_features=0, **SMALL)
+    without = SMALL | {"random_features": 0}
+    old = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **without)
     old.fit_closed_form(dm.train_dataloader())
     saved = {k: v for k, v in old.state_dict().items() if not k.startswith("feature")}  # as written before
     torch.manual_seed(0)

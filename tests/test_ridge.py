@@ -78,6 +78,25 @@ def test_ridge_stats_cv_matches_explicit_folds() -> None:
     torch.testing.assert_close(w, ridge_solve(stats.xtx.sum(0), stats.xty.sum(0), alpha))
 
 
+def test_ridge_stats_do_not_depend_on_how_rows_are_batched_or_the_product_precision() -> None:
+    """Statistics added batch by batch equal those of one update; float32 products (for features in [-1, 1])
+    agree with float64 ones to float32 accuracy, and the targets' sum of squares stays exact."""
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(np.cos(rng.standard_normal((3000, 64)) * 3))
+    y = torch.from_numpy(rng.standard_normal((3000, 4)))
+    group = torch.from_numpy(rng.integers(0, 50, 3000))
+    whole, pieces, single = RidgeStats(64, 4), RidgeStats(64, 4), RidgeStats(64, 4, product_dtype=torch.float32)
+    whole.update(x, y, group)
+    for sel in np.array_split(rng.permutation(3000), 7):
+        pieces.update(x[sel], y[sel], group[sel])
+    single.update(x.float(), y.float(), group)
+    for a, b, tol in ((pieces, whole, 1e-10), (single, whole, 1e-5)):
+        for name in ("xtx", "xty", "yty", "count"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=tol, atol=tol * 3000)
+    assert single.xtx.dtype == torch.float64
+    torch.testing.assert_close(single.cv_errors([0.1]), whole.cv_errors([0.1]), rtol=1e-5, atol=0)
+
+
 def test_cv_shrinks_to_the_last_value_on_a_random_walk() -> None:
     """Nothing in a random walk's window predicts its change: the CV must pick a penalty that gives ~`Naive`."""
     rng = np.random.default_rng(3)

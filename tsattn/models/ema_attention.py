@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ __all__ = ["EMAAttentionForecaster", "PatchEMAAttention"]
 
 log = logging.getLogger(__name__)
 
+_FEATURE_CHUNK_ROWS = 8192  # rows per update of the random-feature XᵀX (a batch's rows of one fold are too few)
 _MAX_RESIDUAL_WINDOWS = 65_536  # windows used for the starting residual quantiles (the train loader is shuffled)
 
 
@@ -197,16 +198,22 @@ class EMAAttentionForecaster(Forecaster):
       out-of-fold forecasts on the training windows). At lookback 512 it tested better than both closed forms at
       H = 192-720 (0.3875 / 0.4065 / 0.4098) but validated 0.1-0.7 % worse than RidgeCycle at every horizon; at
       lookback 96 the flagship with it tested 0.3679 / 0.4162 / 0.4493 / 0.4414, no better than without.
-    - A kernel-ridge part in the start (``random_features`` 1024, bandwidth 1; measured with the whole model at
-      H = 96 / 192 / 336 / 720 against ``random_features=0``): validation picked its penalty 1 at 96 and 192 (start
-      alone 0.6789 / 0.3639 and 0.9783 / 0.4076 against RidgeCycle's 0.6888 / 0.3711 and 0.9830 / 0.4150; trained
-      0.3633 and 0.4098 against 0.3665 and 0.4130) and none at 336 and 720 (unchanged). Bounded features of the
-      whole window: a smooth nonlinear map that a linear ridge cannot fit and that gradient training of the
-      correction did not find. Its penalty comes from validation: blocked CV on the training windows (the
-      fallback without validation data) sees a 0.5 % gain at H=96 (0.3456 against 0.3472), validation 1.4 %.
-    - At horizon 336 every variant's validation got worse from the first epoch: selection keeps the closed-form
-      start there, so the model is never worse than `RidgeCycle` on validation (`BestWeights`, used by the CLI
-      and the benchmark, scores the start as epoch -1; a plain ModelCheckpoint would not).
+    - A kernel-ridge part in the start (``random_features`` 2048, bandwidth 1; measured with the whole model at
+      H = 96 / 192 / 336 / 720): validation picked its penalty 1 at 96, 192 and 336 (start alone 0.6743 / 0.3617,
+      0.9764 / 0.4053 and 1.2684 / 0.4407 against RidgeCycle's 0.6888 / 0.3711, 0.9830 / 0.4150 and 1.2687 /
+      0.4492) and none at 720; trained 0.3627 / 0.4084 / 0.4445 / 0.4404 against 0.3665 / 0.4130 / 0.4492 / 0.4404
+      with ``random_features=0``. Bounded features of the whole window: a smooth nonlinear map that a linear ridge
+      cannot fit and that gradient training of the correction did not find. More features approximate the kernel
+      better: 1024 gave 0.3639 / 0.4076 and no map at 336 (trained 0.3633 / 0.4098 / 0.4492), 4096 0.3611 at
+      H=96 for four times the cost of XᵀX. A Laplacian or Matérn kernel, bandwidths 0.7 or 2 and orthogonal
+      random features were no better. Its penalty comes from validation: blocked CV on the training windows (the
+      fallback without validation data) saw a 0.5 % gain at H=96 with 1024 features (0.3456 against 0.3472),
+      validation 1.4 %.
+    - The correction improves validation over the kernel start at every horizon (0.6639 against 0.6743 at H=96)
+      but on test only at 720: at 96-336 the selected epochs tested 0.3-0.9 % worse than the start. At 336 the
+      first epoch validated 0.15 % better (1.2664) and tested 0.4445; without the kernel part every trained
+      variant validated worse there and selection kept the start (`BestWeights`, used by the CLI and the
+      benchmark, scores the start as epoch -1; a plain ModelCheckpoint would not).
 
     Args:
         period: season length in steps (linked from the DataModule); None or 1: no cycle.
@@ -266,7 +273,7 @@ class EMAAttentionForecaster(Forecaster):
         alpha: float | None = None,
         cycle_half_life: float | None = None,
         phase_stack: bool = False,
-        random_features: int = 1024,
+        random_features: int = 2048,
         feature_bandwidth: float = 1.0,
         linear_lr_scale: float = 0.0,
         quantiles: Sequence[float] | None = None,
@@ -419,12 +426,10 @@ class EMAAttentionForecaster(Forecaster):
         """
         self.features.set_scale(float(torch.trace(stats.xtx.sum(0))) / (self.lookback * max(stats.n_rows, 1)))
         self.feature_weight.zero_()
-        fstats, seen, block = None, 0, self.lookback + self.horizon
-        for batch, phi, residual in self._feature_residuals(loader):
+        fstats = None
+        for phi, residual, group in _row_chunks(self._feature_rows(loader), _FEATURE_CHUNK_ROWS):
             if fstats is None:
-                fstats = RidgeStats(phi.shape[1], self.horizon, device=phi.device)
-            group = cv_group(batch, block, seen).repeat_interleave(self.n_channels)
-            seen += batch["past"].shape[0]
+                fstats = RidgeStats(phi.shape[1], self.horizon, device=phi.device, product_dtype=torch.float32)
             fstats.update(phi, residual, group)
         if fstats is None:
             return
@@ -444,6 +449,13 @@ class EMAAttentionForecaster(Forecaster):
             list(FEATURE_ALPHA_GRID),
             FEATURE_ALPHA_GRID[best - 1] if best else "none",
         )
+
+    def _feature_rows(self, loader: Iterable[dict[str, Tensor]]):
+        """Yield features (B * C, D), residuals (B * C, H) and CV groups (B * C,) of the training windows."""
+        seen, block = 0, self.lookback + self.horizon
+        for batch, phi, residual in self._feature_residuals(loader):
+            yield phi, residual, cv_group(batch, block, seen).repeat_interleave(self.n_channels)
+            seen += batch["past"].shape[0]
 
     def _feature_residuals(self, loader: Iterable[dict[str, Tensor]]):
         """Yield (batch, features (B * C, D), residual of the closed form without features (B * C, H))."""
@@ -536,3 +548,15 @@ class EMAAttentionForecaster(Forecaster):
             "half_lives": [attn.half_lives.detach().clone() for attn in blocks],
             "trend_decay": None if self.net.trend is None else self.net.trend.decay.detach().clone(),
         }
+
+
+def _row_chunks(parts: Iterable[tuple[Tensor, ...]], min_rows: int) -> Iterator[tuple[Tensor, ...]]:
+    """Concatenate consecutive tuples of row-aligned tensors until each chunk has at least ``min_rows`` rows."""
+    pending: list[tuple[Tensor, ...]] = []
+    for part in parts:
+        pending.append(part)
+        if sum(p[0].shape[0] for p in pending) >= min_rows:
+            yield tuple(torch.cat(column) for column in zip(*pending, strict=True))
+            pending.clear()
+    if pending:
+        yield tuple(torch.cat(column) for column in zip(*pending, strict=True))
