@@ -2,8 +2,8 @@
 
 Early stopping restores nothing, and Lightning's ``ModelCheckpoint`` never sees the untrained model (it saves
 after training steps only). A forecaster that starts at a closed-form solution (``EMAAttentionForecaster``
-starts at ``RidgeCycle`` plus a kernel ridge) must be able to keep that start when training does not improve validation; this
-callback scores the start like a validation epoch (epoch -1) and keeps whichever state scored best.
+starts at ``RidgeCycle`` plus a kernel ridge) must be able to keep that start when training does not improve
+validation; this callback scores the start like a validation epoch (epoch -1) and keeps whichever state scored best.
 """
 
 from __future__ import annotations

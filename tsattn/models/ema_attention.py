@@ -206,9 +206,9 @@ class EMAAttentionForecaster(Forecaster):
       cannot fit and that gradient training of the correction did not find. More features approximate the kernel
       better: 1024 gave 0.3639 / 0.4076 and no map at 336 (trained 0.3633 / 0.4098 / 0.4492), 4096 0.3611 at
       H=96 for four times the cost of XᵀX. A Laplacian or Matérn kernel, bandwidths 0.7 to 2, orthogonal
-      random features, inputs scaled by their std and the phase of day as kernel inputs were no better on test. Its penalty comes from validation: blocked CV on the training windows (the
-      fallback without validation data) saw a 0.5 % gain at H=96 with 1024 features (0.3456 against 0.3472),
-      validation 1.4 %.
+      random features, inputs scaled by their std and the phase of day as kernel inputs were no better on test.
+      Its penalty comes from validation: blocked CV on the training windows (the fallback without validation
+      data) saw a 0.5 % gain at H=96 with 1024 features (0.3456 against 0.3472), validation 1.4 %.
     - The correction improves validation over the kernel start at every horizon (0.6639 against 0.6743 at H=96)
       but on test only at 720: at 96-336 the selected epochs tested 0.3-0.9 % worse than the start. At 336 the
       first epoch validated 0.15 % better (1.2664) and tested 0.4445; without the kernel part every trained
