@@ -179,6 +179,32 @@ def test_no_period_and_bad_arguments(dm) -> None:
         EMAAttentionForecaster(2, LOOKBACK, HORIZON, feature_bandwidth=0.0)
 
 
+def test_context_limits_what_the_kernel_reads(dm) -> None:
+    # context=12: the kernel ridge reads the last 12 steps of the deseasonalised window, its length scale set from
+    # their mean square on the training windows; earlier steps move the closed form through the linear map only
+    torch.manual_seed(0)
+    model = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, context=12, **SMALL)
+    model.fit_closed_form(dm.train_dataloader())
+    model.feature_weight.normal_()  # a map that is surely not zero
+    assert model.features.omega.shape[0] == 12
+    squares, count = 0.0, 0
+    with torch.no_grad():
+        for batch in dm.train_dataloader():
+            x = model._parts(batch["past"], batch["time_idx"])[0][..., -12:]  # (B, C, 12)
+            squares, count = squares + float(x.double().square().sum()), count + x.numel()
+    assert float(model.features.scale) == pytest.approx((12 * squares / count) ** -0.5, rel=1e-5)
+    batch = next(iter(dm.val_dataloader()))
+    early = batch["past"].clone()
+    early[:, : LOOKBACK - 12] += torch.randn_like(early[:, : LOOKBACK - 12])
+    moved = model.explain(dict(batch, past=early))["closed_form"] - model.explain(batch)["closed_form"]
+    through_linear = ((early - batch["past"]).transpose(1, 2) @ model.weight_start.float()).transpose(1, 2)
+    assert moved.abs().max() > 0
+    torch.testing.assert_close(moved, through_linear, rtol=1e-4, atol=1e-5)
+    whole_window = {"state_dict": {"features.omega": torch.zeros(LOOKBACK, 256)}}  # a kernel of the whole lookback
+    with pytest.raises(ValueError, match="context is 12"):
+        model.on_load_checkpoint(whole_window)
+
+
 def test_random_features_approximate_a_gaussian_kernel() -> None:
     torch.manual_seed(0)
     rff = RandomFourierFeatures(6, 20_000)

@@ -5,8 +5,8 @@ The forecast is ``cycle + ridge + kernel ridge + attention residual``:
 1. a per-channel seasonal cycle (phase means on train, as CycleNet's learned cycle, Lin et al. 2024);
 2. the closed-form ridge of `tsattn.models.ridge` from the deseasonalised lookback to the horizon, shared by all
    channels (as DLinear's linear map, Zeng et al. 2023);
-3. a ridge from random Fourier features of the same window (a kernel ridge, Rahimi & Recht 2007,
-   `tsattn.models.random_features`) fitted to what 1-2 leave on the training windows, its penalty chosen on
+3. a ridge from random Fourier features of the window's last ``context`` steps (a kernel ridge, Rahimi & Recht
+   2007, `tsattn.models.random_features`) fitted to what 1-2 leave on the training windows, its penalty chosen on
    validation (none when it does not help there);
 4. a channel-independent stack of EMA history attention blocks over patch tokens of the deseasonalised window
    (patches as in PatchTST, Nie et al. 2023), with an EMA trend/remainder split of its input, whose zero-initialised
@@ -181,10 +181,13 @@ class EMAAttentionForecaster(Forecaster):
       validation (1.546 -> 1.535) while test MSE went from 0.443 to 0.479; low rank and frozen gave 1.543 / 0.441
       (low rank alone 0.442, frozen alone 0.448). At horizon 96 both are within a seed's noise of the full model
       (0.665 / 0.368 against 0.660-0.670 / 0.367-0.371).
-    - ``context`` (the steps the correction reads) defaults to the whole lookback. At lookback 512 the whole-window
-      correction (63 tokens) never beat the closed-form start on validation at any horizon (fits 627-857 s);
-      with ``context=96`` it trained in 122 s and improved validation (0.664 -> 0.633 at H=96, 0.913 -> 0.900 at
-      H=192) but not test (0.3641 -> 0.3646, 0.3966 -> 0.3983).
+    - ``context`` (the steps the kernel ridge and the correction read) defaults to the whole lookback. At lookback
+      512 the whole-window correction (63 tokens) never beat the closed-form start on validation at any horizon
+      (fits 627-857 s), and a kernel of the whole window was kept at H=96 only, for no test gain. With
+      ``context=96`` the start improves at H = 96 / 192 / 336 (validation 0.6477 / 0.9028 / 1.1505 against
+      RidgeCycle's 0.6639 / 0.9134 / 1.1536, test 0.3598 / 0.3907 / 0.4127 against 0.3641 / 0.3966 / 0.4150) and
+      the correction trains in 80-165 s, but the trained epochs that validation picks test worse than the start
+      (0.3662 at H=96, 0.4419 at 720 against RidgeCycle's 0.4176), so the default stays the whole lookback.
     - Plain phase means (``cycle_half_life`` None). A recency-weighted cycle (0.5: row weights halve every half of
       the training rows back from the last, as Holt-Winters smooths its seasonal indices) is a better closed form:
       at H = 96 / 192 / 336 / 720 validation 0.6861 / 0.9795 / 1.2640 / 1.5383 against 0.6888 / 0.9830 / 1.2687 /
@@ -228,8 +231,8 @@ class EMAAttentionForecaster(Forecaster):
         channel_embedding: add a learned per-channel embedding to the tokens (weights stay shared).
         instance_norm: divide the correction's input by its window's std (and scale its output back).
         head_rank: rank of the head (tokens -> head_rank -> horizon); None: one full linear map.
-        context: steps at the end of the window that the attention correction reads (the closed form always
-            reads the whole lookback); None: the whole lookback.
+        context: steps at the end of the window that the nonlinear parts read, the kernel ridge and the attention
+            correction (the linear closed form always reads the whole lookback); None: the whole lookback.
         alpha: relative ridge penalty of the closed-form start (None: blocked cross-validation, see `Ridge`), of
             both closed forms with ``phase_stack``.
         cycle_half_life: recency weighting of the training rows in the cycle, as in `RidgeCycle` (weights halve
@@ -238,11 +241,12 @@ class EMAAttentionForecaster(Forecaster):
             ``β * RidgeCycle + (1 - β) * PhaseRidge``, β in [0, 1] minimising the squared error of out-of-fold
             forecasts (blocked 5-fold CV on the training windows). Needs ``lookback >= period`` and
             ``random_features=0``; meant for long lookbacks (many periods in the window).
-        random_features: D, random Fourier features of the window in the kernel-ridge part of the start (0: none).
-            Its ridge map is fitted to the residuals of cycle + ridge on the training windows, with the relative
-            penalty in `FEATURE_ALPHA_GRID` (or none) that gives the lowest closed-form MSE on the validation
-            windows of the trainer's DataModule (blocked CV on the training windows when there is none).
-        feature_bandwidth: kernel length scale in units of the RMS norm of a training window (see
+        random_features: D, random Fourier features of the window's last ``context`` steps in the kernel-ridge part
+            of the start (0: none). Its ridge map is fitted to the residuals of cycle + ridge on the training
+            windows, with the relative penalty in `FEATURE_ALPHA_GRID` (or none) that gives the lowest closed-form
+            MSE on the validation windows of the trainer's DataModule (blocked CV on the training windows when there
+            is none).
+        feature_bandwidth: kernel length scale in units of the RMS norm of what it reads of a training window (see
             `RandomFourierFeatures.set_scale`).
         linear_lr_scale: scale of the updates of the cycle and the ridge map relative to the network
             (0, the default, freezes them at the closed form).
@@ -316,7 +320,7 @@ class EMAAttentionForecaster(Forecaster):
             self.register_buffer("stack_beta", torch.tensor(1.0))
         # the random-feature (kernel) ridge on what the linear closed form leaves; its map stays zero until fitted
         self.features = (
-            RandomFourierFeatures(self.lookback, int(random_features), feature_bandwidth) if random_features else None
+            RandomFourierFeatures(self.context, int(random_features), feature_bandwidth) if random_features else None
         )
         self.register_buffer("feature_weight", torch.zeros(int(random_features), self.horizon))  # (D, H)
         self.register_buffer("feature_alpha", torch.tensor(float("nan")))
@@ -345,6 +349,12 @@ class EMAAttentionForecaster(Forecaster):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints saved before the kernel-ridge part load as the model they were: its map left at zero."""
         state = checkpoint.get("state_dict", {})
+        omega = state.get("features.omega")
+        if omega is not None and self.features is not None and omega.shape[0] != self.context:
+            raise ValueError(
+                f"this checkpoint's kernel ridge reads {omega.shape[0]} steps, but the model's context is "
+                f"{self.context}: it was saved by a version whose kernel read the whole lookback; refit it"
+            )
         if "feature_weight" not in state:
             state["feature_weight"] = torch.zeros_like(self.feature_weight)
             state["feature_alpha"] = torch.tensor(math.inf)
@@ -372,15 +382,18 @@ class EMAAttentionForecaster(Forecaster):
         x, level, future_cycle = ridge_inputs(past, self.cycle.to(past.dtype), phase)
         linear = (x @ self.weight.to(past.dtype)).transpose(1, 2) + level + future_cycle  # (B, H, C)
         if self.features is not None:
-            b, c, length = x.shape
-            kernel = self.features(x.reshape(b * c, length)) @ self.feature_weight.to(past.dtype)  # (B * C, H)
-            linear = linear + kernel.view(b, c, self.horizon).transpose(1, 2)  # (B, C, H) -> (B, H, C)
+            kernel = self._kernel_features(x) @ self.feature_weight.to(past.dtype)  # (B * C, H)
+            linear = linear + kernel.view(*x.shape[:2], self.horizon).transpose(1, 2)  # (B, C, H) -> (B, H, C)
         if self.phase_stack:
             rows, mean = phase_inputs(past, self.period)
             phased = phase_forecast(rows, mean, self.phase_weight.to(past.dtype), self.horizon)
             linear = self.stack_beta * linear + (1 - self.stack_beta) * phased
         channels = torch.arange(self.n_channels, device=past.device).repeat(past.shape[0])  # (B * C,)
         return x, linear, channels
+
+    def _kernel_features(self, x: Tensor) -> Tensor:
+        """x (B, C, L) deseasonalised windows -> random features (B * C, D) of their last ``context`` steps."""
+        return self.features(x[..., -self.context :].reshape(-1, self.context))
 
     def forecast(self, past: Tensor, time_idx: Tensor | None) -> Tensor:
         """past (B, L, C), time_idx (B,) -> (B, H, C, Q)."""
@@ -424,7 +437,8 @@ class EMAAttentionForecaster(Forecaster):
         The penalty is chosen among `FEATURE_ALPHA_GRID` and none (the map left at zero) by the closed form's MSE on
         the validation windows of the trainer's DataModule, or by blocked CV on the training windows without one.
         """
-        self.features.set_scale(float(torch.trace(stats.xtx.sum(0))) / (self.lookback * max(stats.n_rows, 1)))
+        read = stats.xtx.sum(0).diagonal()[-self.context :]  # x's sums of squares at the steps the kernel reads
+        self.features.set_scale(float(read.sum()) / (self.context * max(stats.n_rows, 1)))
         self.feature_weight.zero_()
         fstats = None
         for phi, residual, group in _row_chunks(self._feature_rows(loader), _FEATURE_CHUNK_ROWS):
@@ -463,7 +477,7 @@ class EMAAttentionForecaster(Forecaster):
             past = batch["past"]
             x, linear, _ = self._parts(past, batch.get("time_idx"))  # feature_weight is zero: the linear part only
             residual = (batch["future"] - linear).transpose(1, 2).reshape(-1, self.horizon)  # (B, H, C) -> (B * C, H)
-            yield batch, self.features(x.reshape(-1, self.lookback)), residual
+            yield batch, self._kernel_features(x), residual
 
     def _feature_errors(self, candidates: list[Tensor]) -> Tensor | None:
         """Validation MSE (1 + len(candidates),) of the closed form with no feature map and with each candidate."""
