@@ -177,6 +177,9 @@ def test_no_period_and_bad_arguments(dm) -> None:
         EMAAttentionForecaster(2, LOOKBACK, HORIZON, period=4, phase_stack=True)
     with pytest.raises(ValueError, match="bandwidth"):
         EMAAttentionForecaster(2, LOOKBACK, HORIZON, feature_bandwidth=0.0)
+    for rho in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="feature_channel_similarity"):
+            EMAAttentionForecaster(2, LOOKBACK, HORIZON, feature_channel_similarity=rho)
 
 
 def test_context_limits_what_the_kernel_reads(dm) -> None:
@@ -214,6 +217,70 @@ def test_random_features_approximate_a_gaussian_kernel() -> None:
     approx = 2.0 * phi @ phi.T / rff.n_features
     exact = torch.exp(-torch.cdist(x, x).square() * float(rff.scale) ** 2 / 2)
     torch.testing.assert_close(approx, exact, atol=0.03, rtol=0.0)
+
+
+def test_group_phases_scale_the_kernel_between_groups() -> None:
+    # the same windows in two groups: the kernel is the Gaussian kernel within a group, rho times it across groups
+    rho = 0.6
+    rff = RandomFourierFeatures(6, 40_000, seed=0, n_groups=3, group_similarity=rho)
+    rff.set_scale(1.0)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    phi_a, phi_b = rff(x, torch.zeros(4, dtype=torch.long)), rff(x, torch.full((4,), 2))
+    exact = torch.exp(-torch.cdist(x, x).square() * float(rff.scale) ** 2 / 2)
+    torch.testing.assert_close(2.0 * phi_a @ phi_a.T / rff.n_features, exact, atol=0.03, rtol=0.0)
+    torch.testing.assert_close(2.0 * phi_a @ phi_b.T / rff.n_features, rho * exact, atol=0.03, rtol=0.0)
+    # the phases are drawn after the map and offsets, which stay those of one shared kernel; no phases when shared
+    shared = RandomFourierFeatures(6, 40_000, seed=0)
+    assert torch.equal(rff.omega, shared.omega) and torch.equal(rff.offset, shared.offset)
+    for n_groups, similarity in ((1, rho), (3, 1.0)):
+        phases = RandomFourierFeatures(6, 8, seed=0, n_groups=n_groups, group_similarity=similarity).group_phase
+        assert phases.shape == (n_groups, 8) and not phases.any()
+
+
+def _opposite_frame(n: int = 900, seed: int = 0) -> pd.DataFrame:
+    """Two channels whose next step reacts to the sign of the last in opposite ways: no one map fits both."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 2))
+    for t in range(1, n):
+        up = x[t - 1] > 0
+        x[t, 0] = np.where(up[0], 0.9 * x[t - 1, 0] - 0.6, -0.5 * x[t - 1, 0] + 0.6)
+        x[t, 1] = np.where(up[1], -0.5 * x[t - 1, 1] - 0.6, 0.9 * x[t - 1, 1] + 0.6)
+        x[t] += 0.3 * rng.standard_normal(2)
+    return pd.DataFrame({"date": pd.date_range("2024-01-01", periods=n, freq="D"), "a": x[:, 0], "b": x[:, 1]})
+
+
+def test_channel_similarity_lets_the_kernel_fit_each_channel() -> None:
+    dm = SeriesDataModule(frame=_opposite_frame(), lookback=16, horizon=4, batch_size=64)
+    dm.setup("fit")
+    errors, kept = {}, {}
+    for rho in (1.0, 0.3):
+        torch.manual_seed(0)
+        model = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, feature_channel_similarity=rho, **SMALL)
+        model.fit_closed_form(dm._loader("train"))  # penalty by blocked CV on the training windows
+        errors[rho], kept[rho] = _start_mse(model, dm.test_dataloader()), np.isfinite(float(model.feature_alpha))
+    # one shared kernel averages the two opposite maps and finds nothing worth keeping; channel phases fit each
+    assert kept == {1.0: False, 0.3: True}
+    assert errors[0.3] < 0.95 * errors[1.0]
+
+
+def test_checkpoints_with_one_shared_kernel_load_as_before(dm) -> None:
+    torch.manual_seed(0)
+    shared = SMALL | {"feature_channel_similarity": 1.0}
+    old = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **shared)
+    old.fit_closed_form(dm.train_dataloader())
+    old.feature_weight.normal_()  # a map that is surely not zero
+    saved = {k: v for k, v in old.state_dict().items() if k != "features.group_phase"}  # as written before
+    torch.manual_seed(0)
+    partial = SMALL | {"feature_channel_similarity": 0.9}
+    new = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **partial)
+    assert new.features.group_phase.any()  # the key is missing from the checkpoint: its kernel was shared
+    checkpoint = {"state_dict": dict(saved)}
+    new.on_load_checkpoint(checkpoint)
+    new.load_state_dict(checkpoint["state_dict"])
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        expected = old.eval()(batch["past"], batch["time_idx"])
+        torch.testing.assert_close(new.eval()(batch["past"], batch["time_idx"]), expected)
 
 
 def test_random_features_leave_the_random_stream_alone(dm) -> None:
