@@ -263,26 +263,6 @@ def test_channel_similarity_lets_the_kernel_fit_each_channel() -> None:
     assert errors[0.3] < 0.95 * errors[1.0]
 
 
-def test_checkpoints_with_one_shared_kernel_load_as_before(dm) -> None:
-    torch.manual_seed(0)
-    shared = SMALL | {"feature_channel_similarity": 1.0}
-    old = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **shared)
-    old.fit_closed_form(dm.train_dataloader())
-    old.feature_weight.normal_()  # a map that is surely not zero
-    saved = {k: v for k, v in old.state_dict().items() if k != "features.group_phase"}  # as written before
-    torch.manual_seed(0)
-    partial = SMALL | {"feature_channel_similarity": 0.9}
-    new = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **partial)
-    assert new.features.group_phase.any()  # the key is missing from the checkpoint: its kernel was shared
-    checkpoint = {"state_dict": dict(saved)}
-    new.on_load_checkpoint(checkpoint)
-    new.load_state_dict(checkpoint["state_dict"])
-    batch = next(iter(dm.test_dataloader()))
-    with torch.no_grad():
-        expected = old.eval()(batch["past"], batch["time_idx"])
-        torch.testing.assert_close(new.eval()(batch["past"], batch["time_idx"]), expected)
-
-
 def test_random_features_leave_the_random_stream_alone(dm) -> None:
     """Building and fitting the kernel part draws nothing from the global RNG: the network starts and trains alike."""
     nets, states = [], []
@@ -350,14 +330,25 @@ def test_random_features_learn_what_the_linear_map_cannot_and_are_chosen_on_vali
         torch.testing.assert_close(loaded.eval()(batch["past"], batch["time_idx"]), expected)
 
 
-def test_checkpoints_without_the_kernel_part_load_as_before(dm) -> None:
+@pytest.mark.parametrize(
+    ("saved_with", "missing"),
+    [
+        ({"random_features": 0}, lambda key: key.startswith("feature")),  # before the kernel-ridge part
+        ({"feature_channel_similarity": 1.0}, lambda key: key == "features.group_phase"),  # before channel phases
+    ],
+    ids=["no-kernel", "one-shared-kernel"],
+)
+def test_older_checkpoints_load_as_the_model_they_were(dm, saved_with, missing) -> None:
     torch.manual_seed(0)
-    without = SMALL | {"random_features": 0}
-    old = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **without)
+    old = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **(SMALL | saved_with))
     old.fit_closed_form(dm.train_dataloader())
-    saved = {k: v for k, v in old.state_dict().items() if not k.startswith("feature")}  # as written before
+    old.feature_weight.normal_()  # a kernel map that is surely not zero (empty without the kernel part)
+    saved = {k: v for k, v in old.state_dict().items() if not missing(k)}  # as written before
     torch.manual_seed(0)
-    new = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **SMALL)
+    new = EMAAttentionForecaster(
+        dm.n_channels, LOOKBACK, HORIZON, period=dm.period, **(SMALL | {"feature_channel_similarity": 0.9})
+    )
+    assert any(v.any() for k, v in new.state_dict().items() if missing(k))  # loading must fill these in
     checkpoint = {"state_dict": dict(saved)}
     new.on_load_checkpoint(checkpoint)
     new.load_state_dict(checkpoint["state_dict"])
