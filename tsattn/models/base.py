@@ -151,7 +151,8 @@ class Forecaster(L.LightningModule):
             raise ValueError("past window contains NaN or inf values; clean the series (see the `missing` option)")
 
     # ----------------------------------------------------------------- steps
-    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+    def _step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        """Log the stage's loss (and errors); return the loss and the detached point forecast (B, H, C)."""
         pred = self(batch["past"], batch.get("time_idx"))
         target = batch["future"]
         loss = self.loss_fn(pred, target)
@@ -164,15 +165,16 @@ class Forecaster(L.LightningModule):
             self.log(f"{stage}/mae", mae(point, target), batch_size=size)
         if stage == "test" and "scale" in batch:
             self.log("test/mae_orig", mae(point * batch["scale"], target * batch["scale"]), batch_size=size)
-        return loss
+        return loss, point
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         if not self._has_trainable_parameters():
             return None  # closed-form model: nothing to learn by gradient
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Returns the point forecast (B, H, C), which callbacks get as ``outputs`` (`BestWeights` scores it)."""
+        return self._step(batch, "val")[1]
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")

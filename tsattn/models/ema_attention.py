@@ -217,7 +217,8 @@ class EMAAttentionForecaster(Forecaster):
       at 96, 336 and 720 tested worse than that start (0.3635 / 0.4041 / 0.4417 / 0.4500, at 720 worse than
       RidgeCycle), and over 14 runs on data with several channels the whole fit was better in 4 and worse in 5.
     - The correction improves validation over the kernel start at every horizon (0.6639 against 0.6743 at H=96)
-      but on test only at 720: at 96-336 the selected epochs tested 0.3-0.9 % worse than the start. At 336 the
+      but on test only at 720: at 96-336 the selected epochs tested 0.3-0.9 % worse than the start (at 192
+      `BestWeights`' block rule now keeps the start: the epoch validated better in fewer than 3 of 4 blocks). At 336 the
       first epoch validated 0.15 % better (1.2664) and tested 0.4445; without the kernel part every trained
       variant validated worse there and selection kept the start (`BestWeights`, used by the CLI and the
       benchmark, scores the start as epoch -1; a plain ModelCheckpoint would not).
