@@ -321,10 +321,10 @@ class TsattnCLI(LightningCLI):
 def _selected_checkpoint(trainer: Trainer, model: Forecaster) -> str | None:
     """After fit: load the best validated weights into ``model`` and return the checkpoint that holds them.
 
-    That is ModelCheckpoint's best, unless `BestWeights` found the state before the first training step better
-    than every trained epoch (a closed-form start that training did not improve), or nothing was trained
-    (``max_epochs=0``): then that state is saved as ``best-start.ckpt`` beside the other checkpoints. None when
-    nothing was checkpointed (test the model as is).
+    That is ModelCheckpoint's best, unless `BestWeights` kept the state before the first training step (a
+    closed-form start that no trained epoch beat, or beat in too few blocks of the validation windows), or nothing
+    was trained (``max_epochs=0``): then that state is saved as ``best-start.ckpt`` beside the other checkpoints.
+    None when nothing was checkpointed (test the model as is).
     """
     best = next((c for c in trainer.callbacks if isinstance(c, BestWeights)), None)
     if best is not None:
@@ -338,7 +338,7 @@ def _selected_checkpoint(trainer: Trainer, model: Forecaster) -> str | None:
         if untrained:
             log.info("max_epochs=0: the closed-form start, untrained, saved as %s", path)
         else:
-            log.info("the start (%s %.4f) beat every trained epoch; saved as %s", best.monitor, best.best_score, path)
+            log.info("the start (%s %.4f) was kept; saved as %s", best.monitor, best.best_score, path)
         return str(path)
     return (ckpt.best_model_path or None) if isinstance(ckpt, ModelCheckpoint) else None
 
