@@ -406,19 +406,19 @@ class EMAAttentionForecaster(Forecaster):
         phase = phase_index(time_idx, self.lookback, self.horizon, self.period, past.device)
         x, level, future_cycle = ridge_inputs(past, self.cycle.to(past.dtype), phase)
         linear = (x @ self.weight.to(past.dtype)).transpose(1, 2) + level + future_cycle  # (B, H, C)
+        channels = torch.arange(self.n_channels, device=past.device).repeat(past.shape[0])  # (B * C,)
         if self.features is not None:
-            kernel = self._kernel_features(x) @ self.feature_weight.to(past.dtype)  # (B * C, H)
+            kernel = self._kernel_features(x, channels) @ self.feature_weight.to(past.dtype)  # (B * C, H)
             linear = linear + kernel.view(*x.shape[:2], self.horizon).transpose(1, 2)  # (B, C, H) -> (B, H, C)
         if self.phase_stack:
             rows, mean = phase_inputs(past, self.period)
             phased = phase_forecast(rows, mean, self.phase_weight.to(past.dtype), self.horizon)
             linear = self.stack_beta * linear + (1 - self.stack_beta) * phased
-        channels = torch.arange(self.n_channels, device=past.device).repeat(past.shape[0])  # (B * C,)
         return x, linear, channels
 
-    def _kernel_features(self, x: Tensor) -> Tensor:
-        """x (B, C, L) deseasonalised windows -> random features (B * C, D) of their last ``context`` steps."""
-        channels = torch.arange(x.shape[1], device=x.device).repeat(x.shape[0])  # (B * C,)
+    def _kernel_features(self, x: Tensor, channels: Tensor) -> Tensor:
+        """x (B, C, L) deseasonalised windows, channels (B * C,) -> random features (B * C, D) of their last
+        ``context`` steps."""
         return self.features(x[..., -self.context :].reshape(-1, self.context), channels)
 
     def forecast(self, past: Tensor, time_idx: Tensor | None) -> Tensor:
@@ -501,9 +501,9 @@ class EMAAttentionForecaster(Forecaster):
         """Yield (batch, features (B * C, D), residual of the closed form without features (B * C, H))."""
         for batch in loader:
             past = batch["past"]
-            x, linear, _ = self._parts(past, batch.get("time_idx"))  # feature_weight is zero: the linear part only
+            x, linear, channels = self._parts(past, batch.get("time_idx"))  # feature_weight is zero: linear part only
             residual = (batch["future"] - linear).transpose(1, 2).reshape(-1, self.horizon)  # (B, H, C) -> (B * C, H)
-            yield batch, self._kernel_features(x), residual
+            yield batch, self._kernel_features(x, channels), residual
 
     def _feature_errors(self, candidates: list[Tensor]) -> Tensor | None:
         """Validation MSE (1 + len(candidates),) of the closed form with no feature map and with each candidate."""
