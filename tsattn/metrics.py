@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PinballLoss", "coverage", "mae", "mase", "mse", "pinball_loss", "smape"]
+__all__ = ["PinballLoss", "block_bootstrap_se", "coverage", "mae", "mase", "mse", "pinball_loss", "smape"]
 
 
 def mse(pred: Tensor, target: Tensor) -> Tensor:
@@ -58,6 +58,32 @@ def coverage(lower: Tensor, upper: Tensor, target: Tensor) -> Tensor:
     """Fraction of observations inside [lower, upper]."""
     inside = (target >= lower) & (target <= upper)
     return inside.to(torch.float32).mean()
+
+
+def block_bootstrap_se(values: Tensor, block: int, n_boot: int = 1000, seed: int = 0) -> float:
+    """Standard error of the mean of a serially dependent sequence, values (N,), by the circular block bootstrap.
+
+    Each of ``n_boot`` resamples joins blocks of ``block`` consecutive values (wrapping around the end) that start at
+    uniformly drawn positions, up to N values (Politis & Romano 1992); the standard deviation of the resample means is
+    returned. Blocks keep the dependence within them, so a block should span it: for the errors of overlapping
+    forecast windows, at least the horizon (windows fewer steps apart share target steps). For a paired comparison
+    of two models on the same windows, pass the differences of their per-window errors. ``seed`` fixes the draw.
+    """
+    values = torch.as_tensor(values).detach().flatten().double().cpu()
+    n = values.numel()
+    if isinstance(block, bool) or int(block) != block or not 1 <= block <= n:
+        raise ValueError(f"block must be a whole number of values in [1, {n}] (the length of values), got {block!r}")
+    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 2:
+        raise ValueError(f"n_boot must be a whole number of resamples >= 2, got {n_boot!r}")
+    if not torch.isfinite(values).all():
+        raise ValueError("values contain NaN or inf; the standard error of their mean is undefined")
+    block, n_blocks = int(block), -(-n // int(block))
+    lengths = torch.full((n_blocks,), block)
+    lengths[-1] = n - (n_blocks - 1) * block  # the last block is cut to make N values
+    starts = torch.randint(0, n, (int(n_boot), n_blocks), generator=torch.Generator().manual_seed(seed))
+    sums = torch.cat([values.new_zeros(1), torch.cat([values, values]).cumsum(0)])  # prefix sums, wrapping once
+    means = (sums[starts + lengths] - sums[starts]).sum(1) / n  # (n_boot,) resample means
+    return float(means.std())
 
 
 class PinballLoss(nn.Module):
