@@ -5,6 +5,12 @@ rows, selected on validation (early stopping on ``val/mse``; the best weights, *
 first training step*, are restored), then evaluated on every test window (stride 1, none dropped). MSE and MAE are
 on the scaled values, averaged over windows x steps x channels.
 
+How much of a difference the test period can resolve: each row also carries the standard error of its test MSE
+(``test_mse_se``) and its paired difference to `ridge` and to `ridge-cycle` on the same windows
+(``mse_diff_vs_ridge``, ``mse_diff_vs_ridge_cycle``, each with ``_se``), by the circular block bootstrap of the
+per-window errors in blocks of lookback + horizon consecutive windows (`tsattn.metrics.block_bootstrap_se`; None
+when the test period holds fewer than two blocks).
+
     python benchmarks/ltsf.py --csv ../shared/data/ETTh1.csv --split ett-hour --lookback 96 \\
         --horizon 96 --horizon 192 --model ema --model ridge --model ridge-cycle --json results.json
 
@@ -40,6 +46,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 
 from tsattn.atomic import atomic_path
 from tsattn.data import SeriesDataModule
+from tsattn.metrics import block_bootstrap_se
 from tsattn.models import BestWeights
 
 log = logging.getLogger("ltsf")
@@ -120,8 +127,9 @@ def run_one(
     dm: SeriesDataModule,
     args: argparse.Namespace,
     hparams: dict[str, object],
-) -> dict[str, object]:
-    """Fit, select and test one model on the DataModule's splits; returns the result row."""
+) -> tuple[dict[str, object], torch.Tensor]:
+    """Fit, select and test one model on the DataModule's splits; returns the result row and the per-window test
+    errors (`window_errors`)."""
     L.seed_everything(args.seed, verbose=False)
     kwargs: dict[str, object] = {"n_channels": dm.n_channels, "lookback": dm.lookback, "horizon": dm.horizon}
     if "period" in inspect.signature(cls).parameters:
@@ -161,11 +169,13 @@ def run_one(
     start = time.perf_counter()
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
     predict_seconds = time.perf_counter() - start
+    errors = window_errors(model, dm)
     row: dict[str, object] = {
         "model": name,
         "lookback": dm.lookback,
         "horizon": dm.horizon,
         "test_mse": float(metrics["test/mse"]),
+        "test_mse_se": standard_error(errors, dm.lookback + dm.horizon),
         "test_mae": float(metrics["test/mae"]),
         "n_test_windows": dm.num_windows("test"),
         "fit_seconds": round(fit_seconds, 2),
@@ -182,20 +192,61 @@ def run_one(
         row["decays"] = [[round(float(v), 4) for v in attn.attn.decays.detach()] for attn in model.net.blocks]
         trend = model.net.trend
         row["trend_decay"] = None if trend is None else round(float(trend.decay.detach()), 4)
-    return row
+    return row, errors
+
+
+@torch.no_grad()
+def window_errors(model: L.LightningModule, dm: SeriesDataModule) -> torch.Tensor:
+    """Squared error of the point forecast of each test window, averaged over steps x channels, (N,) in order."""
+    model.eval()
+    errors = []
+    for batch in dm.test_dataloader():
+        point = model.point(model(batch["past"], batch.get("time_idx")))
+        errors.append((point - batch["future"]).square().mean(dim=(1, 2)).double())
+    return torch.cat(errors)
+
+
+def standard_error(values: torch.Tensor, block: int) -> float | None:
+    """Block-bootstrap standard error of the mean of per-window values; None with fewer than two blocks of them."""
+    return None if len(values) < 2 * block else round(block_bootstrap_se(values, block), 5)
+
+
+def add_differences(rows: list[dict[str, object]], errors: dict[str, torch.Tensor], block: int) -> None:
+    """Per row, the test MSE minus that of each closed-form reference run on the same windows, with the
+    block-bootstrap standard error of that paired difference (``mse_diff_vs_ridge[_se]``, ``..._ridge_cycle``)."""
+    for ref in ("ridge", "ridge-cycle"):
+        if ref not in errors:
+            continue
+        key = "mse_diff_vs_" + ref.replace("-", "_")
+        for row in rows:
+            diff = errors[row["model"]] - errors[ref]
+            row[key] = round(float(diff.mean()), 5)
+            row[key + "_se"] = standard_error(diff, block)
 
 
 def format_table(rows: list[dict[str, object]]) -> str:
-    head = f"{'model':<12} {'L':>4} {'H':>4} {'test_mse':>9} {'test_mae':>9} {'vs_ridge':>8} {'fit_s':>7} {'pred_s':>6} {'windows':>7}"
+    """The result rows as a text table; ``± se`` is the block-bootstrap standard error, ``diff`` the paired test MSE
+    difference to `ridge-cycle` (to `ridge` when it did not run)."""
+    ref = "ridge_cycle" if any("mse_diff_vs_ridge_cycle" in r for r in rows) else "ridge"
+    head = (
+        f"{'model':<12} {'L':>4} {'H':>4} {'test_mse':>9} {'± se':>7} {'test_mae':>9} {'vs_ridge':>8} "
+        f"{'diff vs ' + ref.replace('_', '-'):>20} {'fit_s':>7} {'pred_s':>6} {'windows':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        ratio = r.get("mse_vs_ridge")
+        ratio = "-" if r.get("mse_vs_ridge") is None else f"{r['mse_vs_ridge']:.3f}"
+        diff, diff_se = r.get(f"mse_diff_vs_{ref}"), r.get(f"mse_diff_vs_{ref}_se")
+        diff_text = "-" if diff is None else f"{diff:+.4f}" + ("" if diff_se is None else f" ± {diff_se:.4f}")
         lines.append(
-            f"{r['model']:<12} {r['lookback']:>4} {r['horizon']:>4} {r['test_mse']:>9.4f} {r['test_mae']:>9.4f} "
-            f"{(f'{ratio:.3f}' if ratio is not None else '-'):>8} {r['fit_seconds']:>7.1f} "
-            f"{r['predict_seconds']:>6.1f} {r['n_test_windows']:>7}"
+            f"{r['model']:<12} {r['lookback']:>4} {r['horizon']:>4} {r['test_mse']:>9.4f} "
+            f"{_number(r.get('test_mse_se')):>7} {r['test_mae']:>9.4f} {ratio:>8} {diff_text:>20} "
+            f"{r['fit_seconds']:>7.1f} {r['predict_seconds']:>6.1f} {r['n_test_windows']:>7}"
         )
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> list[dict[str, object]]:
@@ -254,20 +305,25 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
             continue
         ridge_row = None
         todo = ["ridge", *(n for n in names if n != "ridge")]  # the reference first, for mse_vs_ridge
+        errors: dict[str, torch.Tensor] = {}
+        horizon_rows = []
         for name in todo:
             cls = model_class(name)
             if cls is None:
                 emit(f"# {name}: {MODELS[name]} is not available in tsattn.models yet; skipped")
                 continue
-            row = run_one(name, cls, dm, args, hparams.get(name, {}))
+            row, errors[name] = run_one(name, cls, dm, args, hparams.get(name, {}))
             if name == "ridge":
                 ridge_row = row
             row["mse_vs_ridge"] = round(row["test_mse"] / ridge_row["test_mse"], 4) if ridge_row else None
             if name in names:
-                rows.append(row)
-                log.info("%s", row)
-                if args.verbose:
-                    emit(json.dumps(row))
+                horizon_rows.append(row)
+        add_differences(horizon_rows, errors, dm.lookback + dm.horizon)
+        for row in horizon_rows:
+            rows.append(row)
+            log.info("%s", row)
+            if args.verbose:
+                emit(json.dumps(row))
     period = dm.period if dm is not None else args.period
     emit(f"# {Path(args.csv).name}, split {args.split}, lookback {args.lookback}, period {period}, seed {args.seed}")
     emit(format_table(rows))
