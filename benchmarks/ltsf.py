@@ -8,7 +8,7 @@ on the scaled values, averaged over windows x steps x channels.
 How much of a difference the test period can resolve: each row also carries the standard error of its test MSE
 (``test_mse_se``) and its paired difference to `ridge` and to `ridge-cycle` on the same windows
 (``mse_diff_vs_ridge``, ``mse_diff_vs_ridge_cycle``, each with ``_se``), by the circular block bootstrap of the
-per-window errors in blocks of lookback + horizon consecutive windows (`tsattn.metrics.block_bootstrap_se`; None
+per-window errors in blocks of lookback + horizon consecutive windows (`tsattn.metrics.mean_se`; None
 when the test period holds fewer than two blocks).
 
     python benchmarks/ltsf.py --csv ../shared/data/ETTh1.csv --split ett-hour --lookback 96 \\
@@ -46,7 +46,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 
 from tsattn.atomic import atomic_path
 from tsattn.data import SeriesDataModule
-from tsattn.metrics import block_bootstrap_se
+from tsattn.metrics import mean_se
 from tsattn.models import BestWeights
 
 log = logging.getLogger("ltsf")
@@ -129,7 +129,7 @@ def run_one(
     hparams: dict[str, object],
 ) -> tuple[dict[str, object], torch.Tensor]:
     """Fit, select and test one model on the DataModule's splits; returns the result row and the per-window test
-    errors (`window_errors`)."""
+    errors (`Forecaster.window_errors`)."""
     L.seed_everything(args.seed, verbose=False)
     kwargs: dict[str, object] = {"n_channels": dm.n_channels, "lookback": dm.lookback, "horizon": dm.horizon}
     if "period" in inspect.signature(cls).parameters:
@@ -169,7 +169,7 @@ def run_one(
     start = time.perf_counter()
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
     predict_seconds = time.perf_counter() - start
-    errors = window_errors(model, dm)
+    errors = model.window_errors(dm.test_dataloader())
     row: dict[str, object] = {
         "model": name,
         "lookback": dm.lookback,
@@ -195,20 +195,10 @@ def run_one(
     return row, errors
 
 
-@torch.no_grad()
-def window_errors(model: L.LightningModule, dm: SeriesDataModule) -> torch.Tensor:
-    """Squared error of the point forecast of each test window, averaged over steps x channels, (N,) in order."""
-    model.eval()
-    errors = []
-    for batch in dm.test_dataloader():
-        point = model.point(model(batch["past"], batch.get("time_idx")))
-        errors.append((point - batch["future"]).square().mean(dim=(1, 2)).double())
-    return torch.cat(errors)
-
-
 def standard_error(values: torch.Tensor, block: int) -> float | None:
     """Block-bootstrap standard error of the mean of per-window values; None with fewer than two blocks of them."""
-    return None if len(values) < 2 * block else round(block_bootstrap_se(values, block), 5)
+    se = mean_se(values, block)
+    return None if se is None else round(se, 5)
 
 
 def add_differences(rows: list[dict[str, object]], errors: dict[str, torch.Tensor], block: int) -> None:

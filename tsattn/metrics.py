@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PinballLoss", "block_bootstrap_se", "coverage", "mae", "mase", "mse", "pinball_loss", "smape"]
+__all__ = ["PinballLoss", "block_bootstrap_se", "coverage", "mae", "mase", "mean_se", "mse", "pinball_loss", "smape"]
 
 
 def mse(pred: Tensor, target: Tensor) -> Tensor:
@@ -84,6 +84,11 @@ def block_bootstrap_se(values: Tensor, block: int, n_boot: int = 1000, seed: int
     sums = torch.cat([values.new_zeros(1), torch.cat([values, values]).cumsum(0)])  # prefix sums, wrapping once
     means = (sums[starts + lengths] - sums[starts]).sum(1) / n  # (n_boot,) resample means
     return float(means.std())
+
+
+def mean_se(values: Tensor, block: int, min_blocks: int = 2) -> float | None:
+    """`block_bootstrap_se` of ``values``, or None when they hold fewer than ``min_blocks`` blocks (too few to tell)."""
+    return None if len(values) < min_blocks * block else block_bootstrap_se(values, block)
 
 
 class PinballLoss(nn.Module):

@@ -179,6 +179,19 @@ class Forecaster(L.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    @torch.no_grad()
+    def window_errors(self, loader: Iterable[dict[str, Tensor]]) -> Tensor:
+        """Squared error of the point forecast of each window of ``loader``, averaged over steps x channels: (N,)
+        float64 on the CPU, in the loader's order; their mean is the test MSE of the protocol."""
+        was_training = self.training
+        self.eval()
+        errors = [
+            (self.point(self(batch["past"], batch.get("time_idx"))) - batch["future"]).square().mean(dim=(1, 2))
+            for batch in DeviceLoader(loader, self.device)
+        ]
+        self.train(was_training)
+        return torch.cat(errors).double().cpu() if errors else torch.zeros(0, dtype=torch.float64)
+
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Forecasts in original units: dict of yhat (B, H, C[, Q]), series_idx (B,), time_idx (B,)."""
         pred = self(batch["past"], batch.get("time_idx"))
