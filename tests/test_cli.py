@@ -18,9 +18,11 @@ from tsattn import cli
 from tsattn.cli import TsattnCLI, main
 from tsattn.data import SeriesDataModule
 from tsattn.forecast import load_checkpoint
+from tsattn.metrics import mean_se
 from tsattn.models import Forecaster
 
 ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = ("test/mse", "test/mae", "test/mae_orig")
 
 # Tiny and quiet: one epoch of a few batches, on the CPU (a GPU run has its own test below).
 FAST = [
@@ -78,7 +80,8 @@ def test_fit_wide_csv_flagship(wide_frame, tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["model"] == cli.DEFAULT_MODEL
     row = metrics["test"][cli.DEFAULT_MODEL]
-    assert set(row) == {"test/mse", "test/mae", "test/mae_orig"} and all(v >= 0 for v in row.values())
+    assert set(row) == {"test/mse", "test/mae", "test/mae_orig", "test/mse_se"}
+    assert all(row[k] >= 0 for k in METRIC_KEYS) and row["test/mse_se"] is None  # < 2 blocks of 30
     assert cli.DEFAULT_MODEL in capsys.readouterr().out
 
     # Checkpoint: plain data only, sizes linked from the data, DataModule state inside.
@@ -140,12 +143,41 @@ def test_test_and_predict_from_saved_run(wide_csv, tmp_path, capsys):
     args = ["--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
     main(["test", *args])
     tested = json.loads((tmp_path / "version_1" / "metrics.json").read_text())
-    assert set(tested["test"]["Naive"]) == {"test/mse", "test/mae", "test/mae_orig"}
+    assert set(tested["test"]["Naive"]) == {*METRIC_KEYS, "test/mse_se"}
     main(["predict", *args])
     frame = pd.read_csv(tmp_path / "version_2" / "predictions.csv")
     assert list(frame.columns[:4]) == ["unique_id", "ds", "cutoff", "yhat"]
     assert len(frame) == 6 * 3 and set(frame.unique_id) == {"x0", "x1", "x2"}
     assert pd.to_datetime(frame.ds).min() > pd.to_datetime(frame.cutoff).max()
+
+
+def test_compare_gives_standard_errors_and_paired_differences(tmp_path, wide_frame, capsys):
+    # Enough test windows for block-bootstrap errors (two blocks of lookback + horizon = 30 windows at least).
+    path = tmp_path / "long.csv"
+    wide_frame(n=1500, channels=2).to_csv(path, index=False)
+    main(fit_args(path, tmp_path, "--model", "Naive", "--compare", "SeasonalNaive"))
+    rows = json.loads((tmp_path / "version_0" / "metrics.json").read_text())["test"]
+    naive, seasonal = rows["Naive"], rows["SeasonalNaive"]
+    assert "test/mse_diff" not in naive  # the fitted model is the reference of the differences
+    assert seasonal["test/mse_diff"] == pytest.approx(seasonal["test/mse"] - naive["test/mse"], rel=1e-4)
+    assert naive["test/mse_se"] > 0 and seasonal["test/mse_se"] > 0 and seasonal["test/mse_diff_se"] > 0
+    dm = SeriesDataModule(path=str(path), lookback=24, horizon=6)
+    model = Forecaster.load_from_checkpoint(best_checkpoint(tmp_path / "version_0"))
+    errors = model.window_errors(dm.test_dataloader())
+    assert float(errors.mean()) == pytest.approx(naive["test/mse"], rel=1e-5)
+    assert naive["test/mse_se"] == pytest.approx(mean_se(errors, 30))
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("SeasonalNaive"))
+    assert f"{seasonal['test/mse_diff']:+.4f} ± {seasonal['test/mse_diff_se']:.4f}" in line
+
+
+def test_too_few_test_windows_give_no_standard_error(wide_csv, tmp_path, capsys):
+    main(fit_args(wide_csv, tmp_path, "--model", "Naive", "--compare", "SeasonalNaive"))
+    rows = json.loads((tmp_path / "version_0" / "metrics.json").read_text())["test"]
+    assert rows["Naive"]["test/mse_se"] is None and rows["SeasonalNaive"]["test/mse_diff_se"] is None
+    assert rows["SeasonalNaive"]["test/mse_diff"] == pytest.approx(
+        rows["SeasonalNaive"]["test/mse"] - rows["Naive"]["test/mse"], rel=1e-4
+    )
 
 
 def test_closed_form_start_kept_when_training_hurts(wide_csv, tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,6 +41,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tsattn.atomic import atomic_path
 from tsattn.data import SeriesDataModule
+from tsattn.metrics import mean_se
 from tsattn.models.base import Forecaster
 from tsattn.models.best_weights import MONITORS, BestWeights
 from tsattn.models.registry import forecaster_class, forecaster_classes
@@ -238,18 +240,24 @@ class TsattnCLI(LightningCLI):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
-        rows = {type(self.model).__name__: _pick_metrics(results)}
-        for name in _names(self._get(self.config, "compare")):
-            cls = forecaster_class(name)
+        name = type(self.model).__name__
+        rows = {name: _pick_metrics(results)}
+        errors = {name: self.model.window_errors(_tested_batches(self.trainer, self.datamodule))}
+        for compare in _names(self._get(self.config, "compare")):
+            cls = forecaster_class(compare)
             if cls is type(self.model):
-                log.info("--compare %s skipped: it is the model being fitted", name)
+                log.info("--compare %s skipped: it is the model being fitted", compare)
                 continue
-            rows[cls.__name__] = self._fit_and_test_baseline(cls)
+            rows[cls.__name__], errors[cls.__name__] = self._fit_and_test_baseline(cls)
+        _add_standard_errors(rows, errors, block=self.model.lookback + self.model.horizon)
         self._report(rows, ckpt_path=ckpt_path)
 
     def after_test(self) -> None:
-        self._report({type(self.model).__name__: _pick_metrics(self.trainer.callback_metrics)},
-                     ckpt_path=self._get(self.config, "ckpt_path"))
+        name = type(self.model).__name__
+        rows = {name: _pick_metrics(self.trainer.callback_metrics)}
+        errors = {name: self.model.window_errors(_tested_batches(self.trainer, self.datamodule))}
+        _add_standard_errors(rows, errors, block=self.model.lookback + self.model.horizon)
+        self._report(rows, ckpt_path=self._get(self.config, "ckpt_path"))
 
     def after_validate(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
@@ -269,8 +277,9 @@ class TsattnCLI(LightningCLI):
         """This run's folder: the logger's ``version_N``, or ``default_root_dir`` without a logger."""
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
-    def _fit_and_test_baseline(self, cls: type[Forecaster]) -> dict[str, float]:
-        """Fit and test ``cls`` on the same data with fresh early stopping / checkpointing; its test metrics."""
+    def _fit_and_test_baseline(self, cls: type[Forecaster]) -> tuple[dict[str, float], torch.Tensor]:
+        """Fit and test ``cls`` on the same data with fresh early stopping / checkpointing; its test metrics and
+        per-window test errors."""
         seed = self._get(self.config, "seed_everything")
         if seed is not False:
             seed_everything(seed, workers=True)
@@ -291,7 +300,8 @@ class TsattnCLI(LightningCLI):
         log.info("fitting %s for comparison", cls.__name__)
         trainer.fit(model, datamodule=dm)
         best = _selected_checkpoint(trainer, model)
-        return _pick_metrics(trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False))
+        metrics = _pick_metrics(trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False))
+        return metrics, model.window_errors(_tested_batches(trainer, dm))
 
     def _best_weights(self) -> list[BestWeights]:
         """A `BestWeights` on the checkpoint's monitor, when it is one a start can be scored with (val/mse|mae)."""
@@ -361,13 +371,44 @@ def _pick_metrics(results: Any) -> dict[str, float]:
     return {k: float(results[k]) for k in METRICS if k in results}
 
 
-def _metrics_table(rows: dict[str, dict[str, float]], lookback: int, horizon: int) -> str:
+def _tested_batches(trainer: Trainer, datamodule: SeriesDataModule) -> Iterable[dict[str, torch.Tensor]]:
+    """The test batches that ``trainer.test`` scored (all of them unless ``limit_test_batches`` cut them)."""
+    n = trainer.num_test_batches[0] if trainer.num_test_batches else math.inf
+    loader = datamodule.test_dataloader()
+    return loader if n == math.inf else list(itertools.islice(loader, int(n)))
+
+
+def _add_standard_errors(rows: dict[str, dict[str, Any]], errors: dict[str, torch.Tensor], block: int) -> None:
+    """Add to each row ``test/mse_se``, the block-bootstrap standard error of its test MSE, and to each row after
+    the first ``test/mse_diff`` / ``test/mse_diff_se``, its paired difference to the first (the fitted model) on the
+    same windows; blocks of ``block`` consecutive test windows (`tsattn.metrics.mean_se`; None with fewer than two)."""
+    first = errors[next(iter(rows))]
+    for name, row in rows.items():
+        row["test/mse_se"] = mean_se(errors[name], block)
+        if errors[name] is not first:
+            diff = errors[name] - first
+            row["test/mse_diff"] = float(diff.mean())
+            row["test/mse_diff_se"] = mean_se(diff, block)
+
+
+def _metrics_table(rows: dict[str, dict[str, Any]], lookback: int, horizon: int) -> str:
+    """The test metrics of each model; with standard errors, also ``mse ± se`` and the paired difference of each
+    model's MSE to the first row's, ``± se`` (``-`` where the test windows are too few to tell)."""
+    with_se = any("test/mse_se" in metrics for metrics in rows.values())
+    title = (f"test metrics (lookback {lookback}, horizon {horizon}; mse/mae on scaled values, mae_orig in original "
+             "units)")
     header = f"{'model':<24}" + "".join(f" {m.split('/', 1)[1]:>11}" for m in METRICS)
-    lines = [f"test metrics (lookback {lookback}, horizon {horizon}; mse/mae on scaled values, mae_orig in "
-             "original units)", header, "-" * len(header)]
+    if with_se:
+        title += f"; mse ± se (block bootstrap); diff: mse minus {next(iter(rows))}'s on the same windows"
+        header += f" {'mse_se':>8} {'diff ± se':>22}"
+    lines = [title, header, "-" * len(header)]
     for name, metrics in rows.items():
         cells = "".join(f" {_number(metrics.get(m, math.nan)):>11}" for m in METRICS)
-        lines.append(f"{name:<24}{cells}")
+        if with_se:
+            se, diff, diff_se = (metrics.get(k) for k in ("test/mse_se", "test/mse_diff", "test/mse_diff_se"))
+            diff_text = "" if diff is None else f"{diff:+.4f}" + ("" if diff_se is None else f" ± {diff_se:.4f}")
+            cells += f" {'-' if se is None else f'{se:.4f}':>8} {diff_text:>22}"
+        lines.append(f"{name:<24}{cells}".rstrip())
     return "\n".join(lines)
 
 
