@@ -11,7 +11,8 @@ config), ``metrics.csv`` (CSV logs), ``checkpoints/`` (the best by ``val/mse`` a
 step: when a closed-form start (the flagship starts at ``RidgeCycle`` plus a kernel ridge) scores better on
 validation than every trained epoch, it is saved as ``checkpoints/best-start.ckpt``. After ``fit`` the best
 checkpoint is tested, and the models named by ``--compare`` are fitted and tested on the same data and shown beside
-it in one table.
+it in one table, with the standard error of each test MSE and of each compared model's paired difference to the
+fitted one (a circular block bootstrap of the per-window errors, `tsattn.metrics.mean_se`).
 
 Channels, lookback, horizon and period are given once, to the data (``--data.*``), and linked to the model.
 """
