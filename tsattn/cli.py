@@ -383,11 +383,11 @@ def _add_standard_errors(rows: dict[str, dict[str, Any]], errors: dict[str, torc
     """Add to each row ``test/mse_se``, the block-bootstrap standard error of its test MSE, and to each row after
     the first ``test/mse_diff`` / ``test/mse_diff_se``, its paired difference to the first (the fitted model) on the
     same windows; blocks of ``block`` consecutive test windows (`tsattn.metrics.mean_se`; None with fewer than two)."""
-    first = errors[next(iter(rows))]
+    reference = next(iter(rows))
     for name, row in rows.items():
         row["test/mse_se"] = mean_se(errors[name], block)
-        if errors[name] is not first:
-            diff = errors[name] - first
+        if name != reference:
+            diff = errors[name] - errors[reference]
             row["test/mse_diff"] = float(diff.mean())
             row["test/mse_diff_se"] = mean_se(diff, block)
 
