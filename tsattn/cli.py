@@ -400,15 +400,18 @@ def _metrics_table(rows: dict[str, dict[str, Any]], lookback: int, horizon: int)
              "units)")
     header = f"{'model':<24}" + "".join(f" {m.split('/', 1)[1]:>11}" for m in METRICS)
     if with_se:
-        title += f"; mse ± se (block bootstrap); diff: mse minus {next(iter(rows))}'s on the same windows"
-        header += f" {'mse_se':>8} {'diff ± se':>22}"
+        title += "; mse_se: block bootstrap"
+        header += f" {'mse_se':>8}"
+        if len(rows) > 1:
+            title += f"; diff: mse minus {next(iter(rows))}'s on the same windows"
+            header += f" {'diff ± se':>22}"
     lines = [title, header, "-" * len(header)]
     for name, metrics in rows.items():
         cells = "".join(f" {_number(metrics.get(m, math.nan)):>11}" for m in METRICS)
         if with_se:
             se, diff, diff_se = (metrics.get(k) for k in ("test/mse_se", "test/mse_diff", "test/mse_diff_se"))
             diff_text = "" if diff is None else f"{diff:+.4f}" + ("" if diff_se is None else f" ± {diff_se:.4f}")
-            cells += f" {'-' if se is None else f'{se:.4f}':>8} {diff_text:>22}"
+            cells += f" {'-' if se is None else f'{se:.4f}':>8}" + (f" {diff_text:>22}" if len(rows) > 1 else "")
         lines.append(f"{name:<24}{cells}".rstrip())
     return "\n".join(lines)
 
