@@ -356,3 +356,19 @@ def test_metrics_table_keeps_columns_apart_for_large_values() -> None:
     assert parsed["EMAAttentionForecaster"] == pytest.approx([0.0498, 0.1383, 2429719], rel=1e-6)
     assert parsed["Naive"] == pytest.approx([0.0711, 0.1518, 17.49])
     assert parsed["Huge"][2] == pytest.approx(3e12)
+
+
+def test_metrics_table_with_standard_errors() -> None:
+    metrics = {"test/mse": 0.5, "test/mae": 0.4, "test/mae_orig": 3.0}
+    rows = {
+        "Fitted": {**metrics, "test/mse_se": 0.0123},
+        "Other": {**metrics, "test/mse_se": None, "test/mse_diff": 0.02, "test/mse_diff_se": 0.005},
+        "Short": {**metrics, "test/mse_se": None, "test/mse_diff": -0.01, "test/mse_diff_se": None},
+    }
+    lines = cli._metrics_table(rows, lookback=96, horizon=24).splitlines()
+    assert lines[1].split()[-4:] == ["mse_se", "diff", "±", "se"] and "minus Fitted's" in lines[0]
+    assert lines[3].split()[1:] == ["0.5000", "0.4000", "3.0000", "0.0123"]
+    assert lines[4].split()[4:] == ["-", "+0.0200", "±", "0.0050"]
+    assert lines[5].split()[4:] == ["-", "-0.0100"]
+    single = cli._metrics_table({"Fitted": rows["Fitted"]}, lookback=96, horizon=24).splitlines()
+    assert single[1].split()[-1] == "mse_se" and "diff" not in single[0]
