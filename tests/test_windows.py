@@ -8,12 +8,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils.data import DataLoader
 
 from tsattn.data import (
     Borders,
     SeriesDataModule,
     WindowDataset,
     WindowIndex,
+    batch_loader,
     min_rows,
     ratio_borders,
     split_borders,
@@ -180,3 +182,63 @@ def test_window_dataset_slices():
     assert int(item["time_idx"]) == 105
     torch.testing.assert_close(item["past"], values[2:5])
     assert item["past"].untyped_storage().data_ptr() == values.untyped_storage().data_ptr()  # a view, no copy
+
+
+def _panel_dataset(lengths: list[int], lookback: int, horizon: int, stride: int, with_future: bool = True):
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    n, c = int(offsets[-1]), 3
+    values = torch.randn(n, c)
+    t0 = torch.arange(len(lengths), dtype=torch.int64) * 1000 + 5
+    loc, scale = torch.randn(len(lengths), 1, c), torch.rand(len(lengths), 1, c) + 0.5
+    ranges = [range(0, max(m - lookback - horizon + 1, 0), stride) for m in lengths]
+    index = WindowIndex(offsets[:-1], ranges)
+    off = torch.from_numpy(offsets[:-1].copy())
+    return WindowDataset(values, off, t0, loc, scale, index, lookback, horizon, with_future=with_future)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 120), min_size=1, max_size=4),
+    lookback=st.integers(1, 20),
+    horizon=st.integers(1, 15),
+    stride=st.integers(1, 4),
+    with_future=st.booleans(),
+    data=st.data(),
+)
+def test_property_batch_indexing_stacks_the_windows(lengths, lookback, horizon, stride, with_future, data):
+    ds = _panel_dataset(lengths, lookback, horizon, stride, with_future)
+    n = len(ds)
+    if n == 0:
+        return
+    idx = data.draw(st.lists(st.integers(-n, n - 1), min_size=1, max_size=12))
+    batch = ds[idx]
+    singles = [ds[i] for i in idx]
+    assert batch.keys() == singles[0].keys()
+    for key, value in batch.items():
+        expect = torch.stack([item[key] for item in singles])
+        assert value.dtype == expect.dtype and torch.equal(value, expect), key
+
+
+def test_batch_indexing_refuses_out_of_range():
+    ds = _panel_dataset([30, 20], lookback=4, horizon=3, stride=1)
+    with pytest.raises(IndexError, match=f"window {len(ds)} out of range"):
+        ds[[0, len(ds)]]
+    with pytest.raises(IndexError, match="out of range"):
+        ds[[-len(ds) - 1]]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batch_loader_matches_the_default_loader(shuffle):
+    """The same batches in the same order, and the same random stream afterwards, as DataLoader's own batching."""
+    ds = _panel_dataset([60, 45, 80], lookback=6, horizon=4, stride=1)
+    torch.manual_seed(3)
+    default = list(DataLoader(ds, batch_size=16, shuffle=shuffle))
+    after_default = torch.rand(3)
+    torch.manual_seed(3)
+    batched = list(batch_loader(ds, batch_size=16, shuffle=shuffle))
+    assert torch.equal(torch.rand(3), after_default)
+    assert len(batched) == len(default) == -(-len(ds) // 16)
+    for a, b in zip(default, batched, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key

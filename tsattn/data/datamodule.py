@@ -32,6 +32,7 @@ from tsattn.data.windows import (
     Borders,
     WindowDataset,
     WindowIndex,
+    batch_loader,
     min_rows,
     split_borders,
     time_borders,
@@ -232,13 +233,7 @@ class SeriesDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------------------------- loaders
 
     def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
-            self._dataset(stage),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return batch_loader(self._dataset(stage), self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -9,8 +9,9 @@ window belongs to the split that holds all of its target rows, so val/test input
 before the border (never earlier), and train windows lie entirely in the train rows.
 
 Windows are never materialised: a :class:`WindowIndex` stores one ``range`` of start rows per series and split,
-and :class:`WindowDataset` slices the stored series array on ``__getitem__``. Memory grows with the series
-length, not with windows x window length. Windows never cross series boundaries.
+and :class:`WindowDataset` slices the stored series array on ``__getitem__`` (a whole batch in one indexing step
+with `batch_loader`). Memory grows with the series length, not with windows x window length. Windows never cross
+series boundaries.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 __all__ = [
     "PRESETS",
@@ -30,6 +31,7 @@ __all__ = [
     "Borders",
     "WindowDataset",
     "WindowIndex",
+    "batch_loader",
     "min_rows",
     "ratio_borders",
     "split_borders",
@@ -209,13 +211,18 @@ class WindowIndex:
         return np.diff(self.cum)
 
     def __getitem__(self, i: int) -> tuple[int, int]:
+        series, starts = self.locate(np.asarray([i], dtype=np.int64))
+        return int(series[0]), int(starts[0])
+
+    def locate(self, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Window indices (B,) (negative ones count from the end) -> (series (B,), global start rows (B,))."""
         n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"window {i} out of range for {n} windows")
-        k = int(np.searchsorted(self.cum, i, side="right")) - 1
-        return k, int(self.first[k] + (i - self.cum[k]) * self.step[k])
+        i = np.where(i < 0, i + n, i)
+        bad = (i < 0) | (i >= n)
+        if bad.any():
+            raise IndexError(f"window {int(i[bad][0])} out of range for {n} windows")
+        k = np.searchsorted(self.cum, i, side="right") - 1
+        return k, self.first[k] + (i - self.cum[k]) * self.step[k]
 
     def starts(self) -> tuple[np.ndarray, np.ndarray]:
         """Materialise ``(series (N,), global start rows (N,))``; for inspection and tests."""
@@ -262,16 +269,50 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        k, start = self.index[i]
+    def __getitem__(self, i: int | Sequence[int]) -> dict[str, torch.Tensor]:
+        """One window (``i`` an int), or a batch of windows (``i`` a sequence of B ints): the items stacked, each
+        with a leading (B,) axis, as the DataLoader's collation would stack them (`batch_loader`)."""
+        if np.ndim(i) == 0:
+            k, start = self.index[int(i)]
+            mid = start + self.lookback
+            item = {
+                "past": self.values[start:mid],
+                "series_idx": torch.tensor(k, dtype=torch.int64),
+                "time_idx": self.t0[k] + (mid - self.offsets[k]),
+                "loc": self.loc[k],
+                "scale": self.scale[k],
+            }
+            if self.with_future:
+                item["future"] = self.values[mid : mid + self.horizon]
+            return item
+        series, starts = self.index.locate(np.asarray(i, dtype=np.int64).reshape(-1))
+        k, start = torch.from_numpy(series), torch.from_numpy(starts)
         mid = start + self.lookback
-        item = {
-            "past": self.values[start:mid],
-            "series_idx": torch.tensor(k, dtype=torch.int64),
+        batch = {
+            "past": self.values[start[:, None] + torch.arange(self.lookback)],  # (B, L, C)
+            "series_idx": k,
             "time_idx": self.t0[k] + (mid - self.offsets[k]),
-            "loc": self.loc[k],
+            "loc": self.loc[k],  # (B, 1, C)
             "scale": self.scale[k],
         }
         if self.with_future:
-            item["future"] = self.values[mid : mid + self.horizon]
-        return item
+            batch["future"] = self.values[mid[:, None] + torch.arange(self.horizon)]  # (B, H, C)
+        return batch
+
+
+def batch_loader(
+    dataset: WindowDataset, batch_size: int, shuffle: bool = False, num_workers: int = 0
+) -> DataLoader:
+    """A DataLoader that slices each batch of ``dataset`` in one indexing step instead of window by window.
+
+    The same batches, in the same (shuffled) order and from the same random stream, as
+    ``DataLoader(dataset, batch_size, shuffle)`` with its default collation.
+    """
+    sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        sampler=BatchSampler(sampler, batch_size, drop_last=False),
+        batch_size=None,  # the sampler yields whole batches of indices; the dataset stacks them
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
