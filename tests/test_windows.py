@@ -242,3 +242,12 @@ def test_batch_loader_matches_the_default_loader(shuffle):
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), key
+
+
+def test_batch_loader_with_worker_processes():
+    ds = _panel_dataset([50, 40], lookback=5, horizon=3, stride=1, with_future=False)
+    in_process = list(batch_loader(ds, batch_size=8))
+    in_worker = list(batch_loader(ds, batch_size=8, num_workers=1))
+    assert len(in_worker) == len(in_process) and "future" not in in_worker[0]
+    for a, b in zip(in_process, in_worker, strict=True):
+        assert all(torch.equal(a[key], b[key]) for key in a)
