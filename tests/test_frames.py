@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,16 @@ def test_long_csv_one_series_per_id(tmp_path, long_frame):
         expect = df[df["id"] == uid]
         np.testing.assert_allclose(values, expect[["y0", "y1"]].to_numpy())
         assert (ds == pd.DatetimeIndex(expect["ds"])).all()
+
+
+def test_wide_csv_of_many_columns_reads_without_warnings(tmp_path, wide_frame):
+    """A panel of hundreds of channels (as Electricity's 321) reads quietly: no fragmented-frame warnings."""
+    path = tmp_path / "panel.csv"
+    wide_frame(30, channels=300).to_csv(path, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sf = read_series(path)
+    assert len(sf.target_cols) == 300
 
 
 def test_target_cols_subset_and_order(wide_frame):

@@ -185,6 +185,7 @@ def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tup
             raise ValueError(
                 f"{path.name}: not a readable CSV file ({err}). Check the separator and quoting."
             ) from None
+        df = df.copy()  # one block per dtype: read_csv may give one per column, which makes adding columns slow
         df.columns = [str(c) for c in df.columns]
         # Line 1 is the header, so data row i (0-based) sits on line i + 2.
         offset = 2 if where.is_file else 0
