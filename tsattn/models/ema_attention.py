@@ -56,6 +56,7 @@ __all__ = ["EMAAttentionForecaster", "PatchEMAAttention"]
 log = logging.getLogger(__name__)
 
 _FEATURE_CHUNK_ROWS = 8192  # rows per update of the random-feature XᵀX (a batch's rows of one fold are too few)
+_MAX_FEATURE_ROWS = 131_072  # training rows (window, channel) of the kernel ridge; a random subset on larger panels
 _MAX_RESIDUAL_WINDOWS = 65_536  # windows used for the starting residual quantiles (the train loader is shuffled)
 
 
@@ -401,14 +402,15 @@ class EMAAttentionForecaster(Forecaster):
             return self.weight_start
         return self.weight_start + self.linear_lr_scale * self.weight_delta
 
-    def _parts(self, past: Tensor, time_idx: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """past (B, L, C) -> x (B, C, L), closed-form point forecast (B, H, C), channel index (B * C,)."""
+    def _parts(self, past: Tensor, time_idx: Tensor | None, kernel: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """past (B, L, C) -> x (B, C, L), closed-form point forecast (B, H, C), channel index (B * C,); without the
+        kernel ridge when ``kernel`` is False."""
         phase = phase_index(time_idx, self.lookback, self.horizon, self.period, past.device)
         x, level, future_cycle = ridge_inputs(past, self.cycle.to(past.dtype), phase)
         linear = (x @ self.weight.to(past.dtype)).transpose(1, 2) + level + future_cycle  # (B, H, C)
         channels = torch.arange(self.n_channels, device=past.device).repeat(past.shape[0])  # (B * C,)
-        if self.features is not None:
-            kernel = self._kernel_features(x, channels) @ self.feature_weight.to(past.dtype)  # (B * C, H)
+        if kernel and self.features is not None:
+            kernel = self.features(self._context(x), channels) @ self.feature_weight.to(past.dtype)  # (B * C, H)
             linear = linear + kernel.view(*x.shape[:2], self.horizon).transpose(1, 2)  # (B, C, H) -> (B, H, C)
         if self.phase_stack:
             rows, mean = phase_inputs(past, self.period)
@@ -416,16 +418,16 @@ class EMAAttentionForecaster(Forecaster):
             linear = self.stack_beta * linear + (1 - self.stack_beta) * phased
         return x, linear, channels
 
-    def _kernel_features(self, x: Tensor, channels: Tensor) -> Tensor:
-        """x (B, C, L) deseasonalised windows, channels (B * C,) -> random features (B * C, D) of their last
-        ``context`` steps."""
-        return self.features(x[..., -self.context :].reshape(-1, self.context), channels)
+    def _context(self, x: Tensor) -> Tensor:
+        """x (B, C, L) deseasonalised windows -> their last ``context`` steps, one row per window and channel
+        (B * C, context): what the kernel ridge and the attention correction read."""
+        return x[..., -self.context :].reshape(-1, self.context)
 
     def forecast(self, past: Tensor, time_idx: Tensor | None) -> Tensor:
         """past (B, L, C), time_idx (B,) -> (B, H, C, Q)."""
         b = past.shape[0]
         x, linear, channels = self._parts(past, time_idx)
-        x = x[..., -self.context :].reshape(b * self.n_channels, self.context)  # (B * C, context)
+        x = self._context(x)  # (B * C, context)
         if self.instance_norm:
             scale = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + 1e-5)  # (B * C, 1)
             correction = self.net(x / scale, channels) * scale.unsqueeze(-1)  # (B * C, H, Q)
@@ -467,7 +469,10 @@ class EMAAttentionForecaster(Forecaster):
         self.features.set_scale(float(read.sum()) / (self.context * max(stats.n_rows, 1)))
         self.feature_weight.zero_()
         fstats = None
-        for phi, residual, group in _row_chunks(self._feature_rows(loader), _FEATURE_CHUNK_ROWS):
+        keep = min(1.0, _MAX_FEATURE_ROWS / max(stats.n_rows, 1))
+        if keep < 1.0:
+            log.info("random features: fitted on a random %.1f %% of the %d training rows", 100 * keep, stats.n_rows)
+        for phi, residual, group in _row_chunks(self._feature_rows(loader, keep), _FEATURE_CHUNK_ROWS):
             if fstats is None:
                 fstats = RidgeStats(phi.shape[1], self.horizon, device=phi.device, product_dtype=torch.float32)
             fstats.update(phi, residual, group)
@@ -490,20 +495,29 @@ class EMAAttentionForecaster(Forecaster):
             FEATURE_ALPHA_GRID[best - 1] if best else "none",
         )
 
-    def _feature_rows(self, loader: Iterable[dict[str, Tensor]]):
-        """Yield features (B * C, D), residuals (B * C, H) and CV groups (B * C,) of the training windows."""
+    def _feature_rows(self, loader: Iterable[dict[str, Tensor]], keep: float = 1.0):
+        """Yield features (N, D), residuals (N, H) and CV groups (N,) of the training windows' rows (one per window
+        and channel), each row kept with probability ``keep`` (all of them at 1)."""
         seen, block = 0, self.lookback + self.horizon
-        for batch, phi, residual in self._feature_residuals(loader):
-            yield phi, residual, cv_group(batch, block, seen).repeat_interleave(self.n_channels)
-            seen += batch["past"].shape[0]
-
-    def _feature_residuals(self, loader: Iterable[dict[str, Tensor]]):
-        """Yield (batch, features (B * C, D), residual of the closed form without features (B * C, H))."""
+        draw = torch.Generator().manual_seed(torch.initial_seed())
         for batch in loader:
-            past = batch["past"]
-            x, linear, channels = self._parts(past, batch.get("time_idx"))  # feature_weight is zero: linear part only
-            residual = (batch["future"] - linear).transpose(1, 2).reshape(-1, self.horizon)  # (B, H, C) -> (B * C, H)
-            yield batch, self._kernel_features(x, channels), residual
+            group = cv_group(batch, block, seen).repeat_interleave(self.n_channels)  # (B * C,)
+            seen += batch["past"].shape[0]
+            rows = None
+            if keep < 1.0:
+                rows = torch.nonzero(torch.rand(group.shape[0], generator=draw) < keep).squeeze(1).to(group.device)
+                group = group[rows]
+            yield *self._feature_residuals(batch, rows), group
+
+    def _feature_residuals(self, batch: dict[str, Tensor], rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Features (N, D) of a batch's rows and their residuals (N, H) under the closed form without the kernel
+        ridge; ``rows`` (N,) indexes the B * C rows of the batch (None: all of them)."""
+        x, linear, channels = self._parts(batch["past"], batch.get("time_idx"), kernel=False)
+        residual = (batch["future"] - linear).transpose(1, 2).reshape(-1, self.horizon)  # (B, H, C) -> (B * C, H)
+        x = self._context(x)
+        if rows is not None:
+            x, channels, residual = x[rows], channels[rows], residual[rows]
+        return self.features(x, channels), residual
 
     def _feature_errors(self, candidates: list[Tensor]) -> Tensor | None:
         """Validation MSE (1 + len(candidates),) of the closed form with no feature map and with each candidate."""
@@ -512,8 +526,8 @@ class EMAAttentionForecaster(Forecaster):
             return None
         sse, count = torch.zeros(1 + len(candidates), dtype=torch.float64), 0
         maps = [w.to(device=self.device) for w in candidates]
-        for _, phi, residual in self._feature_residuals(DeviceLoader(datamodule.val_dataloader(), self.device)):
-            phi, residual = phi.double(), residual.double()
+        for batch in DeviceLoader(datamodule.val_dataloader(), self.device):
+            phi, residual = (t.double() for t in self._feature_residuals(batch))
             sse[0] += float(residual.square().sum())
             for i, w in enumerate(maps, start=1):
                 sse[i] += float((residual - phi @ w).square().sum())
@@ -572,7 +586,7 @@ class EMAAttentionForecaster(Forecaster):
         past, time_idx = batch["past"], batch.get("time_idx")
         b = past.shape[0]
         x, linear, channels = self._parts(past, time_idx)
-        x = x[..., -self.context :].reshape(b * self.n_channels, self.context)
+        x = self._context(x)
         _, weights, trend = self.net(x, channels, return_weights=True)
         shape = (b, self.n_channels)
         ends = torch.arange(self.net.n_tokens) * self.net.patch_stride + self.net.patch_len - 1 - self.net.pad
