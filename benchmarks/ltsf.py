@@ -47,7 +47,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 from tsattn.atomic import atomic_path
 from tsattn.data import SeriesDataModule
 from tsattn.metrics import mean_se
-from tsattn.models import BestWeights
+from tsattn.models import BestWeights, TestErrors
 
 log = logging.getLogger("ltsf")
 
@@ -129,7 +129,7 @@ def run_one(
     hparams: dict[str, object],
 ) -> tuple[dict[str, object], torch.Tensor]:
     """Fit, select and test one model on the DataModule's splits; returns the result row and the per-window test
-    errors (`Forecaster.window_errors`)."""
+    errors of the test pass (`TestErrors`)."""
     L.seed_everything(args.seed, verbose=False)
     kwargs: dict[str, object] = {"n_channels": dm.n_channels, "lookback": dm.lookback, "horizon": dm.horizon}
     if "period" in inspect.signature(cls).parameters:
@@ -137,8 +137,8 @@ def run_one(
     kwargs.update(hparams)
     model = cls(**kwargs)
     learned = any(p.requires_grad for p in model.parameters())
-    best = BestWeights()
-    callbacks: list[Callback] = [best]
+    best, tested = BestWeights(), TestErrors()
+    callbacks: list[Callback] = [best, tested]
     if learned:
         callbacks.append(EarlyStopping(monitor="val/mse", patience=args.patience, mode="min"))
         if args.max_run_minutes > 0:
@@ -169,7 +169,7 @@ def run_one(
     start = time.perf_counter()
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
     predict_seconds = time.perf_counter() - start
-    errors = model.window_errors(dm.test_dataloader())
+    errors = tested.errors
     row: dict[str, object] = {
         "model": name,
         "lookback": dm.lookback,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import itertools
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,6 +45,7 @@ from tsattn.metrics import mean_se
 from tsattn.models.base import Forecaster
 from tsattn.models.best_weights import MONITORS, BestWeights
 from tsattn.models.registry import forecaster_class, forecaster_classes
+from tsattn.models.test_errors import TestErrors
 
 forecaster_classes()  # import every module of tsattn.models so each forecaster resolves by its short name
 
@@ -229,6 +229,8 @@ class TsattnCLI(LightningCLI):
             callbacks = self._best_weights() + callbacks
             if self._get(self.config, "ema_weights"):
                 callbacks.append(EMAWeightAveraging(decay=self._get(self.config, "ema_decay")))
+        if self.subcommand in ("fit", "test"):
+            callbacks.append(TestErrors())  # the per-window test errors behind the standard errors of the report
         return self._instantiate_trainer(config, callbacks)
 
     # ----------------------------------------------------------------- after the subcommands
@@ -243,7 +245,7 @@ class TsattnCLI(LightningCLI):
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
         name = type(self.model).__name__
         rows = {name: _pick_metrics(results)}
-        errors = {name: self.model.window_errors(_tested_batches(self.trainer, self.datamodule))}
+        errors = {name: _test_errors(self.trainer)}
         for compare in _names(self._get(self.config, "compare")):
             cls = forecaster_class(compare)
             if cls is type(self.model):
@@ -256,7 +258,7 @@ class TsattnCLI(LightningCLI):
     def after_test(self) -> None:
         name = type(self.model).__name__
         rows = {name: _pick_metrics(self.trainer.callback_metrics)}
-        errors = {name: self.model.window_errors(_tested_batches(self.trainer, self.datamodule))}
+        errors = {name: _test_errors(self.trainer)}
         _add_standard_errors(rows, errors, block=self.model.lookback + self.model.horizon)
         self._report(rows, ckpt_path=self._get(self.config, "ckpt_path"))
 
@@ -292,7 +294,7 @@ class TsattnCLI(LightningCLI):
         trainer_cfg = dict(self._get(self.config_init, "trainer", default={}))
         checkpoint_cfg = {**self._get(self.config, "checkpoint").as_dict(), "dirpath": None}
         trainer_cfg["callbacks"] = [
-            *self._best_weights(), EarlyStopping(**self._get(self.config, "early_stopping").as_dict())
+            *self._best_weights(), EarlyStopping(**self._get(self.config, "early_stopping").as_dict()), TestErrors()
         ]
         if trainer_cfg.get("enable_checkpointing") is not False:
             trainer_cfg["callbacks"].append(ModelCheckpoint(**checkpoint_cfg))
@@ -302,7 +304,7 @@ class TsattnCLI(LightningCLI):
         trainer.fit(model, datamodule=dm)
         best = _selected_checkpoint(trainer, model)
         metrics = _pick_metrics(trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False))
-        return metrics, model.window_errors(_tested_batches(trainer, dm))
+        return metrics, _test_errors(trainer)
 
     def _best_weights(self) -> list[BestWeights]:
         """A `BestWeights` on the checkpoint's monitor, when it is one a start can be scored with (val/mse|mae)."""
@@ -372,11 +374,9 @@ def _pick_metrics(results: Any) -> dict[str, float]:
     return {k: float(results[k]) for k in METRICS if k in results}
 
 
-def _tested_batches(trainer: Trainer, datamodule: SeriesDataModule) -> Iterable[dict[str, torch.Tensor]]:
-    """The test batches that ``trainer.test`` scored (all of them unless ``limit_test_batches`` cut them)."""
-    n = trainer.num_test_batches[0] if trainer.num_test_batches else math.inf
-    loader = datamodule.test_dataloader()
-    return loader if n == math.inf else list(itertools.islice(loader, int(n)))
+def _test_errors(trainer: Trainer) -> torch.Tensor:
+    """The per-window squared errors (N,) of the windows that the trainer's last ``test`` scored."""
+    return next(c for c in trainer.callbacks if isinstance(c, TestErrors)).errors
 
 
 def _add_standard_errors(rows: dict[str, dict[str, Any]], errors: dict[str, torch.Tensor], block: int) -> None:

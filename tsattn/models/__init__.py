@@ -8,6 +8,7 @@ from tsattn.models.gam import GAMForecaster
 from tsattn.models.hrnet import HRNetForecaster
 from tsattn.models.phase_ridge import PhaseRidge
 from tsattn.models.ridge import Ridge, RidgeCycle
+from tsattn.models.test_errors import TestErrors
 
 __all__ = [
     "BestWeights",
@@ -22,4 +23,5 @@ __all__ = [
     "Ridge",
     "RidgeCycle",
     "SeasonalNaive",
+    "TestErrors",
 ]

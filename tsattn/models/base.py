@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from tsattn.metrics import PinballLoss, mae, mse
 
-__all__ = ["Forecaster", "window_stats"]
+__all__ = ["Forecaster", "window_mse", "window_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,9 @@ class Forecaster(L.LightningModule):
         """Returns the point forecast (B, H, C), which callbacks get as ``outputs`` (`BestWeights` scores it)."""
         return self._step(batch, "val")[1]
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Returns the point forecast (B, H, C), which callbacks get as ``outputs`` (`TestErrors` scores it)."""
+        return self._step(batch, "test")[1]
 
     @torch.no_grad()
     def window_errors(self, loader: Iterable[dict[str, Tensor]]) -> Tensor:
@@ -186,11 +187,11 @@ class Forecaster(L.LightningModule):
         was_training = self.training
         self.eval()
         errors = [
-            (self.point(self(batch["past"], batch.get("time_idx"))) - batch["future"]).square().mean(dim=(1, 2))
+            window_mse(self.point(self(batch["past"], batch.get("time_idx"))), batch["future"])
             for batch in DeviceLoader(loader, self.device)
         ]
         self.train(was_training)
-        return torch.cat(errors).double().cpu() if errors else torch.zeros(0, dtype=torch.float64)
+        return torch.cat(errors) if errors else torch.zeros(0, dtype=torch.float64)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Forecasts in original units: dict of yhat (B, H, C[, Q]), series_idx (B,), time_idx (B,)."""
@@ -241,6 +242,12 @@ class Forecaster(L.LightningModule):
             return optimizer
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def window_mse(point: Tensor, future: Tensor) -> Tensor:
+    """Point forecast and target (B, H, C) -> squared error of each window, averaged over steps x channels: (B,)
+    float64 on the CPU."""
+    return (point.detach() - future).square().mean(dim=(1, 2)).double().cpu()
 
 
 class DeviceLoader:
