@@ -242,7 +242,12 @@ def _number(value: float | None) -> str:
 def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> list[dict[str, object]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", required=True, help="wide CSV: a date column and numeric columns")
-    parser.add_argument("--split", default="ratio", choices=["ett-hour", "ratio"])
+    parser.add_argument(
+        "--split",
+        default="ratio",
+        choices=["ett-hour", "ett-minute", "ratio"],
+        help="ratio: 0.7/0.1/0.2 of the rows; ett-hour / ett-minute: the ETT borders (12/4/4 months of hours / 15 min)",
+    )
     parser.add_argument("--lookback", type=int, default=96)
     parser.add_argument("--horizon", type=int, action="append", help="repeatable (default 96 192 336 720)")
     parser.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable (default ema ridge ridge-cycle)")

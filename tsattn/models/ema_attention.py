@@ -410,8 +410,8 @@ class EMAAttentionForecaster(Forecaster):
         linear = (x @ self.weight.to(past.dtype)).transpose(1, 2) + level + future_cycle  # (B, H, C)
         channels = torch.arange(self.n_channels, device=past.device).repeat(past.shape[0])  # (B * C,)
         if kernel and self.features is not None:
-            kernel = self.features(self._context(x), channels) @ self.feature_weight.to(past.dtype)  # (B * C, H)
-            linear = linear + kernel.view(*x.shape[:2], self.horizon).transpose(1, 2)  # (B, C, H) -> (B, H, C)
+            mapped = self.features(self._context(x), channels) @ self.feature_weight.to(past.dtype)  # (B * C, H)
+            linear = linear + mapped.view(*x.shape[:2], self.horizon).transpose(1, 2)  # (B, C, H) -> (B, H, C)
         if self.phase_stack:
             rows, mean = phase_inputs(past, self.period)
             phased = phase_forecast(rows, mean, self.phase_weight.to(past.dtype), self.horizon)
