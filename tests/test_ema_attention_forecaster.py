@@ -331,32 +331,49 @@ def test_random_features_learn_what_the_linear_map_cannot_and_are_chosen_on_vali
 
 
 def test_random_features_fit_a_random_subset_of_rows_on_large_panels(monkeypatch) -> None:
-    """Above `_MAX_FEATURE_ROWS` training rows (window, channel) the kernel ridge sees a seeded random subset of that
-    size: the same seed gives the same map, and the subset still finds what the linear map cannot."""
+    """Above `_MAX_FEATURE_ROWS` rows (window, channel) the kernel ridge is fitted and scored on validation on seeded
+    random subsets of that size: the same seed gives the same map, and the subset still finds what the linear map
+    cannot."""
     import tsattn.models.ema_attention as module
 
-    dm = SeriesDataModule(frame=_threshold_frame(), lookback=16, horizon=4, batch_size=64)
-    n_rows = dm.num_windows("train") * dm.n_channels
-    monkeypatch.setattr(module, "_MAX_FEATURE_ROWS", n_rows // 3)
+    dm = SeriesDataModule(frame=_threshold_frame(n=4000), lookback=16, horizon=4, batch_size=64)
+    n_rows, val_rows = (dm.num_windows(split) * dm.n_channels for split in ("train", "val"))
+    cap = val_rows // 2  # below both: a share of the training and of the validation rows
+    monkeypatch.setattr(module, "_MAX_FEATURE_ROWS", cap)
     seen: list[int] = []
-    chunks = module._row_chunks
+    shares: dict[str, float] = {}
+    chunks, share = module._row_chunks, module._row_share
 
     def counted(parts, min_rows):
         for chunk in chunks(parts, min_rows):
             seen.append(chunk[0].shape[0])
             yield chunk
 
+    def noted(rows, what):
+        shares[what] = share(rows, what)
+        return shares[what]
+
     monkeypatch.setattr(module, "_row_chunks", counted)
+    monkeypatch.setattr(module, "_row_share", noted)
     maps = []
     for _ in range(2):
         L.seed_everything(0, verbose=False)
         model = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, **SMALL)
-        model.fit_closed_form(dm.train_dataloader())  # no trainer: the penalty from blocked CV
+        trainer = L.Trainer(
+            max_epochs=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+        )
+        trainer.fit(model, datamodule=dm)  # the closed form only: its feature penalty from validation
         maps.append(model.feature_weight.clone())
-        assert 0.8 * n_rows / 3 < sum(seen) < 1.2 * n_rows / 3
+        assert 0.8 * cap < sum(seen) < 1.2 * cap
+        assert shares == {"training": cap / n_rows, "validation": cap / val_rows}
         seen.clear()
     torch.testing.assert_close(maps[0], maps[1], rtol=0.0, atol=0.0)
-    assert maps[0].abs().sum() > 0
+    assert np.isfinite(float(model.feature_alpha))  # a map was kept
     ridge = RidgeCycle(dm.n_channels, 16, 4, period=dm.period)
     ridge.fit_closed_form(dm._loader("train"))
     assert _start_mse(model, dm.test_dataloader()) < 0.95 * _start_mse(ridge, dm.test_dataloader())

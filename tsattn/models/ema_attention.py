@@ -56,7 +56,7 @@ __all__ = ["EMAAttentionForecaster", "PatchEMAAttention"]
 log = logging.getLogger(__name__)
 
 _FEATURE_CHUNK_ROWS = 8192  # rows per update of the random-feature XᵀX (a batch's rows of one fold are too few)
-_MAX_FEATURE_ROWS = 131_072  # training rows (window, channel) of the kernel ridge; a random subset on larger panels
+_MAX_FEATURE_ROWS = 131_072  # rows (window, channel) the kernel ridge is fitted and scored on; a random subset beyond
 _MAX_RESIDUAL_WINDOWS = 65_536  # windows used for the starting residual quantiles (the train loader is shuffled)
 
 
@@ -464,14 +464,14 @@ class EMAAttentionForecaster(Forecaster):
 
         The penalty is chosen among `FEATURE_ALPHA_GRID` and none (the map left at zero) by the closed form's MSE on
         the validation windows of the trainer's DataModule, or by blocked CV on the training windows without one.
+        Fit and validation each use at most about `_MAX_FEATURE_ROWS` rows (window, channel): on larger panels a
+        seeded random share of them.
         """
         read = stats.xtx.sum(0).diagonal()[-self.context :]  # x's sums of squares at the steps the kernel reads
         self.features.set_scale(float(read.sum()) / (self.context * max(stats.n_rows, 1)))
         self.feature_weight.zero_()
         fstats = None
-        keep = min(1.0, _MAX_FEATURE_ROWS / max(stats.n_rows, 1))
-        if keep < 1.0:
-            log.info("random features: fitted on a random %.1f %% of the %d training rows", 100 * keep, stats.n_rows)
+        keep = _row_share(stats.n_rows, "training")
         for phi, residual, group in _row_chunks(self._feature_rows(loader, keep), _FEATURE_CHUNK_ROWS):
             if fstats is None:
                 fstats = RidgeStats(phi.shape[1], self.horizon, device=phi.device, product_dtype=torch.float32)
@@ -496,8 +496,8 @@ class EMAAttentionForecaster(Forecaster):
         )
 
     def _feature_rows(self, loader: Iterable[dict[str, Tensor]], keep: float = 1.0):
-        """Yield features (N, D), residuals (N, H) and CV groups (N,) of the training windows' rows (one per window
-        and channel), each row kept with probability ``keep`` (all of them at 1)."""
+        """Yield features (N, D), residuals (N, H) and CV groups (N,) of the rows (one per window and channel) of the
+        loader's windows, each row kept with probability ``keep`` (all of them at 1)."""
         seen, block = 0, self.lookback + self.horizon
         draw = torch.Generator().manual_seed(torch.initial_seed())
         for batch in loader:
@@ -526,8 +526,10 @@ class EMAAttentionForecaster(Forecaster):
             return None
         sse, count = torch.zeros(1 + len(candidates), dtype=torch.float64), 0
         maps = [w.to(device=self.device) for w in candidates]
-        for batch in DeviceLoader(datamodule.val_dataloader(), self.device):
-            phi, residual = (t.double() for t in self._feature_residuals(batch))
+        windows = datamodule.num_windows("val") if hasattr(datamodule, "num_windows") else 0
+        keep = _row_share(windows * self.n_channels, "validation")
+        for phi, residual, _ in self._feature_rows(DeviceLoader(datamodule.val_dataloader(), self.device), keep):
+            phi, residual = phi.double(), residual.double()
             sse[0] += float(residual.square().sum())
             for i, w in enumerate(maps, start=1):
                 sse[i] += float((residual - phi @ w).square().sum())
@@ -602,6 +604,14 @@ class EMAAttentionForecaster(Forecaster):
             "half_lives": [attn.half_lives.detach().clone() for attn in blocks],
             "trend_decay": None if self.net.trend is None else self.net.trend.decay.detach().clone(),
         }
+
+
+def _row_share(n_rows: int, what: str) -> float:
+    """The share of ``n_rows`` rows (window, channel) that keeps about `_MAX_FEATURE_ROWS` of them (1: all)."""
+    keep = min(1.0, _MAX_FEATURE_ROWS / max(n_rows, 1))
+    if keep < 1.0:
+        log.info("random features: a random %.1f %% of the %d %s rows", 100 * keep, n_rows, what)
+    return keep
 
 
 def _row_chunks(parts: Iterable[tuple[Tensor, ...]], min_rows: int) -> Iterator[tuple[Tensor, ...]]:
