@@ -299,19 +299,23 @@ def _start_mse(model, loader) -> float:
     return total / count
 
 
-def test_random_features_learn_what_the_linear_map_cannot_and_are_chosen_on_validation() -> None:
-    dm = SeriesDataModule(frame=_threshold_frame(), lookback=16, horizon=4, batch_size=64)
-    L.seed_everything(0, verbose=False)
-    model = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, **SMALL)
-    trainer = L.Trainer(
+def _fit_closed_form(model: EMAAttentionForecaster, dm: SeriesDataModule) -> None:
+    """Fit with no training step: the closed form only, its feature penalty chosen on dm's validation windows."""
+    L.Trainer(
         max_epochs=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
-    )
-    trainer.fit(model, datamodule=dm)  # no training step: the closed form is fitted, its feature penalty on val
+    ).fit(model, datamodule=dm)
+
+
+def test_random_features_learn_what_the_linear_map_cannot_and_are_chosen_on_validation() -> None:
+    dm = SeriesDataModule(frame=_threshold_frame(), lookback=16, horizon=4, batch_size=64)
+    L.seed_everything(0, verbose=False)
+    model = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, **SMALL)
+    _fit_closed_form(model, dm)
     ridge = RidgeCycle(dm.n_channels, 16, 4, period=dm.period)
     ridge.fit_closed_form(dm._loader("train"))
     assert np.isfinite(float(model.feature_alpha))  # a feature map was kept
@@ -359,15 +363,7 @@ def test_random_features_fit_a_random_subset_of_rows_on_large_panels(monkeypatch
     for _ in range(2):
         L.seed_everything(0, verbose=False)
         model = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, **SMALL)
-        trainer = L.Trainer(
-            max_epochs=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-        )
-        trainer.fit(model, datamodule=dm)  # the closed form only: its feature penalty from validation
+        _fit_closed_form(model, dm)
         maps.append(model.feature_weight.clone())
         assert 0.8 * cap < sum(seen) < 1.2 * cap
         assert shares == {"training": cap / n_rows, "validation": cap / val_rows}
