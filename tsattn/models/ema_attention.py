@@ -209,8 +209,9 @@ class EMAAttentionForecaster(Forecaster):
       with ``random_features=0``. Bounded features of the whole window: a smooth nonlinear map that a linear ridge
       cannot fit and that gradient training of the correction did not find. More features approximate the kernel
       better: 1024 gave 0.3639 / 0.4076 and no map at 336 (trained 0.3633 / 0.4098 / 0.4492); 4096 gave the start
-      0.3611 / 0.4043 / 0.4440 at H = 96-336 (worse at 336) for four times the cost of XᵀX. A Laplacian or Matérn kernel, bandwidths 0.7 to 2, orthogonal
-      random features, inputs scaled by their std and the phase of day as kernel inputs were no better on test.
+      0.3611 / 0.4043 / 0.4440 at H = 96-336 (worse at 336) for four times the cost of XᵀX. A Laplacian or
+      Matérn kernel, bandwidths 0.7 to 2, orthogonal random features, inputs scaled by their std and the phase of
+      day as kernel inputs were no better on test.
       Its penalty comes from validation: blocked CV on the training windows (the fallback without validation
       data) saw a 0.5 % gain at H=96 with 1024 features (0.3456 against 0.3472), validation 1.4 %.
     - One kernel shared by the channels (``feature_channel_similarity`` 1). With 0.9 the start alone validated and
