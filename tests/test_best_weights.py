@@ -20,6 +20,7 @@ def _fit(frame, lr: float, epochs: int = 2) -> tuple[EMAAttentionForecaster, Bes
     dm = SeriesDataModule(frame=frame, lookback=24, horizon=6, batch_size=32)
     model = EMAAttentionForecaster(
         n_channels=dm.n_channels, lookback=24, horizon=6, period=dm.period, d_model=8, n_heads=2,
+        correction_weight=1.0,  # forecasts after the fit as validation scored them, not averaged with the start
         optimizer=lambda params: torch.optim.SGD(params, lr=lr),
     )
     best = BestWeights()

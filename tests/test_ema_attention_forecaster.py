@@ -180,6 +180,9 @@ def test_no_period_and_bad_arguments(dm) -> None:
     for rho in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="feature_channel_similarity"):
             EMAAttentionForecaster(2, LOOKBACK, HORIZON, feature_channel_similarity=rho)
+    for weight in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="correction_weight"):
+            EMAAttentionForecaster(2, LOOKBACK, HORIZON, correction_weight=weight)
 
 
 def test_context_limits_what_the_kernel_reads(dm) -> None:
@@ -401,3 +404,69 @@ def test_older_checkpoints_load_as_the_model_they_were(dm, saved_with, missing) 
     with torch.no_grad():
         expected = old.eval()(batch["past"], batch["time_idx"])
         torch.testing.assert_close(new.eval()(batch["past"], batch["time_idx"]), expected)
+
+
+class _FitForecasts(L.Callback):
+    """The point forecasts that validation scores during the fit."""
+
+    def __init__(self) -> None:
+        self.forecasts: list[torch.Tensor] = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.forecasts.append(outputs)
+
+
+def _fit_one_epoch(model: EMAAttentionForecaster, dm: SeriesDataModule, tmp_path=None) -> L.Trainer:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[_FitForecasts()],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm)
+    return trainer
+
+
+def _val_forecasts(model: EMAAttentionForecaster, dm: SeriesDataModule, train: bool) -> tuple[torch.Tensor, ...]:
+    """The model's forecasts of the validation windows in train or eval mode, and its closed-form part alone."""
+    batches = list(dm.val_dataloader())
+    model.train(train)
+    with torch.no_grad():
+        forecast = torch.cat([model(b["past"], b["time_idx"]) for b in batches])
+        closed = torch.cat([model._parts(b["past"], b["time_idx"])[1] for b in batches])
+    return forecast, closed
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_forecasts_after_the_fit_weigh_the_correction(dm, weight) -> None:
+    torch.manual_seed(0)
+    model = EMAAttentionForecaster(
+        dm.n_channels, LOOKBACK, HORIZON, period=dm.period, dropout=0.0, correction_weight=weight, **SMALL
+    )
+    trainer = _fit_one_epoch(model, dm)
+    whole, closed = _val_forecasts(model, dm, train=True)  # no dropout: training's forecast, the whole correction
+    after, _ = _val_forecasts(model, dm, train=False)
+    assert (whole - closed).abs().max() > 1e-3  # the fit trained a correction
+    torch.testing.assert_close(after, closed + weight * (whole - closed))
+    # validation during the fit (what selection sees) scored the whole correction, whatever the weight
+    torch.testing.assert_close(torch.cat(trainer.callbacks[0].forecasts), whole)
+
+
+def test_checkpoints_saved_before_the_correction_weight_keep_the_whole_correction(dm, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, dropout=0.0, **SMALL)
+    trainer = _fit_one_epoch(model, dm, tmp_path)
+    whole, _ = _val_forecasts(model, dm, train=True)
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    del checkpoint["hyper_parameters"]["correction_weight"]  # as written before the option
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    new = EMAAttentionForecaster.load_from_checkpoint(tmp_path / "new.ckpt")
+    old = EMAAttentionForecaster.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert (new.correction_weight, old.correction_weight) == (0.5, 1.0)
+    torch.testing.assert_close(_val_forecasts(old, dm, train=False)[0], whole)
