@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from torch import Tensor, nn
 
 from tsattn.layers import EMA, EMAAttentionBlock
@@ -343,7 +344,6 @@ class EMAAttentionForecaster(Forecaster):
         self.cycle_half_life = check_half_life(cycle_half_life)
         self.linear_lr_scale = float(linear_lr_scale)
         self.correction_weight = float(correction_weight)
-        self._fitting = False  # True between on_fit_start and on_fit_end: validation scores the whole correction
         self.instance_norm = instance_norm
         self.phase_stack = bool(phase_stack)
         if self.phase_stack:
@@ -413,14 +413,15 @@ class EMAAttentionForecaster(Forecaster):
             if self.features is not None:
                 state.update({f"features.{k}": v for k, v in self.features.state_dict().items()})
 
-    def on_fit_start(self) -> None:
-        self._fitting = True
-
-    def on_fit_end(self) -> None:
-        super().on_fit_end()
-        self._fitting = False
-
     # ----------------------------------------------------------------- parts
+    @property
+    def fitting(self) -> bool:
+        """True while a ``Trainer.fit`` runs: its validation, which selects the weights, scores the whole correction."""
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        return trainer.state.fn == TrainerFn.FITTING and trainer.state.status == TrainerStatus.RUNNING
+
     @property
     def cycle(self) -> Tensor:
         """Current seasonal cycle (P, C)."""
@@ -467,7 +468,7 @@ class EMAAttentionForecaster(Forecaster):
         else:
             correction = self.net(x, channels)  # (B * C, H, Q)
         correction = correction.view(b, self.n_channels, self.horizon, self.n_outputs).transpose(1, 2)  # (B, H, C, Q)
-        if not (self.training or self._fitting):  # forecasts after the fit: the start and the trained model averaged
+        if not (self.training or self.fitting):  # forecasts after the fit: the start and the trained model averaged
             correction = self.correction_weight * correction
         return linear.unsqueeze(-1) + self.residual_quantiles + correction
 
