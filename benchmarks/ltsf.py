@@ -180,7 +180,7 @@ def run_one(
         "n_test_windows": dm.num_windows("test"),
         "fit_seconds": round(fit_seconds, 2),
         "predict_seconds": round(predict_seconds, 2),
-        "val_mse": round(best.best_score, 5),
+        "val_mse": round(best.best_score, 5),  # what selection scored: the flagship with its whole correction
         "best_epoch": best.best_epoch,
         "epochs": trainer.current_epoch,
         "budget_hit": any(
