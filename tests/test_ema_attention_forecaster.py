@@ -302,23 +302,39 @@ def _start_mse(model, loader) -> float:
     return total / count
 
 
-def _fit_closed_form(model: EMAAttentionForecaster, dm: SeriesDataModule) -> None:
-    """Fit with no training step: the closed form only, its feature penalty chosen on dm's validation windows."""
-    L.Trainer(
-        max_epochs=0,
+class _FitForecasts(L.Callback):
+    """The point forecasts that validation scores during the fit."""
+
+    def __init__(self) -> None:
+        self.forecasts: list[torch.Tensor] = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.forecasts.append(outputs)
+
+
+def _fit(model: EMAAttentionForecaster, dm: SeriesDataModule, epochs: int = 0, tmp_path=None) -> L.Trainer:
+    """``Trainer.fit`` on dm, recording what validation scores (`_FitForecasts`); with 0 epochs no training step:
+    the closed form only, its feature penalty chosen on dm's validation windows."""
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        accelerator="cpu",
-    ).fit(model, datamodule=dm)
+        num_sanity_val_steps=0,
+        callbacks=[_FitForecasts()],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm)
+    return trainer
 
 
 def test_random_features_learn_what_the_linear_map_cannot_and_are_chosen_on_validation() -> None:
     dm = SeriesDataModule(frame=_threshold_frame(), lookback=16, horizon=4, batch_size=64)
     L.seed_everything(0, verbose=False)
     model = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, **SMALL)
-    _fit_closed_form(model, dm)
+    _fit(model, dm)
     ridge = RidgeCycle(dm.n_channels, 16, 4, period=dm.period)
     ridge.fit_closed_form(dm._loader("train"))
     assert np.isfinite(float(model.feature_alpha))  # a feature map was kept
@@ -366,7 +382,7 @@ def test_random_features_fit_a_random_subset_of_rows_on_large_panels(monkeypatch
     for _ in range(2):
         L.seed_everything(0, verbose=False)
         model = EMAAttentionForecaster(dm.n_channels, 16, 4, period=dm.period, **SMALL)
-        _fit_closed_form(model, dm)
+        _fit(model, dm)
         maps.append(model.feature_weight.clone())
         assert 0.8 * cap < sum(seen) < 1.2 * cap
         assert shares == {"training": cap / n_rows, "validation": cap / val_rows}
@@ -406,32 +422,6 @@ def test_older_checkpoints_load_as_the_model_they_were(dm, saved_with, missing) 
         torch.testing.assert_close(new.eval()(batch["past"], batch["time_idx"]), expected)
 
 
-class _FitForecasts(L.Callback):
-    """The point forecasts that validation scores during the fit."""
-
-    def __init__(self) -> None:
-        self.forecasts: list[torch.Tensor] = []
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self.forecasts.append(outputs)
-
-
-def _fit_one_epoch(model: EMAAttentionForecaster, dm: SeriesDataModule, tmp_path=None) -> L.Trainer:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[_FitForecasts()],
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model, datamodule=dm)
-    return trainer
-
-
 def _val_forecasts(model: EMAAttentionForecaster, dm: SeriesDataModule, train: bool) -> tuple[torch.Tensor, ...]:
     """The model's forecasts of the validation windows in train or eval mode, and its closed-form part alone."""
     batches = list(dm.val_dataloader())
@@ -448,7 +438,7 @@ def test_forecasts_after_the_fit_weigh_the_correction(dm, weight) -> None:
     model = EMAAttentionForecaster(
         dm.n_channels, LOOKBACK, HORIZON, period=dm.period, dropout=0.0, correction_weight=weight, **SMALL
     )
-    trainer = _fit_one_epoch(model, dm)
+    trainer = _fit(model, dm, epochs=1)
     whole, closed = _val_forecasts(model, dm, train=True)  # no dropout: training's forecast, the whole correction
     after, _ = _val_forecasts(model, dm, train=False)
     assert (whole - closed).abs().max() > 1e-3  # the fit trained a correction
@@ -460,7 +450,7 @@ def test_forecasts_after_the_fit_weigh_the_correction(dm, weight) -> None:
 def test_checkpoints_saved_before_the_correction_weight_keep_the_whole_correction(dm, tmp_path) -> None:
     torch.manual_seed(0)
     model = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, dropout=0.0, **SMALL)
-    trainer = _fit_one_epoch(model, dm, tmp_path)
+    trainer = _fit(model, dm, epochs=1, tmp_path=tmp_path)
     whole, _ = _val_forecasts(model, dm, train=True)
     trainer.save_checkpoint(tmp_path / "new.ckpt")
     checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=True)

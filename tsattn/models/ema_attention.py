@@ -396,7 +396,8 @@ class EMAAttentionForecaster(Forecaster):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints saved before the kernel-ridge part load as the model they were: its map left at zero; those
         saved before ``correction_weight`` forecast with the whole correction, as they did."""
-        if "correction_weight" not in checkpoint.get("hyper_parameters", {"correction_weight": None}):
+        saved = checkpoint.get("hyper_parameters")
+        if saved is not None and "correction_weight" not in saved:
             self.correction_weight = 1.0
         state = checkpoint.get("state_dict", {})
         omega = state.get("features.omega")
