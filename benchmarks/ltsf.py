@@ -33,6 +33,7 @@ import ast
 import inspect
 import json
 import logging
+import math
 import sys
 import time
 import warnings
@@ -180,7 +181,8 @@ def run_one(
         "n_test_windows": dm.num_windows("test"),
         "fit_seconds": round(fit_seconds, 2),
         "predict_seconds": round(predict_seconds, 2),
-        "val_mse": round(best.best_score, 5),  # what selection scored: the flagship with its whole correction
+        # what selection scored (the flagship with its whole correction); None where nothing was (--max-epochs 0)
+        "val_mse": round(best.best_score, 5) if math.isfinite(best.best_score) else None,
         "best_epoch": best.best_epoch,
         "epochs": trainer.current_epoch,
         "budget_hit": any(
