@@ -221,6 +221,15 @@ def test_error_non_numeric_cell(tmp_path):
     assert "2024-01-01 03:00:00" in msg and "target_cols" in msg
 
 
+def test_error_value_beyond_float32_range(tmp_path):
+    path = _csv(tmp_path, "date,a\n" + _rows([1, 2, 3, 1e300, 5, 6]))
+    with pytest.raises(ValueError) as info:
+        read_series(path)
+    msg = str(info.value)
+    assert "bad.csv" in msg and "column 'a'" in msg and "1e+300" in msg and "line 5" in msg and "rescale" in msg
+    read_series(_csv(tmp_path, "date,a\n" + _rows([1, 2, 3, -1e29, 5, 6]), "ok.csv"))  # large but representable
+
+
 def test_error_non_numeric_cell_dataframe(wide_frame):
     df = wide_frame(10, channels=1)
     df["x0"] = df["x0"].astype(object)
@@ -269,7 +278,12 @@ def test_error_duplicate_timestamp(tmp_path):
         read_series(path)
     msg = str(info.value)
     assert "bad.csv" in msg and "2024-01-01 02:00:00 appears more than once" in msg and "series 'bad'" in msg
-    assert "lines 4 and 6" in msg and "drop_duplicates" in msg
+    assert "lines 4 and 6" in msg and "drop_duplicates" in msg and "id_col" in msg  # maybe a long table
+
+
+def test_error_folder_as_file(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; give one CSV or Parquet file"):
+        read_series(tmp_path)
 
 
 def test_duplicates_are_per_series(long_frame):

@@ -81,6 +81,28 @@ def test_phase_ridge_matches_numpy(wide_frame, horizon) -> None:
     np.testing.assert_allclose(pred, ref.transpose(0, 2, 1) + level, rtol=1e-4, atol=1e-4)
 
 
+def test_constant_training_rows_give_finite_forecasts(wide_frame) -> None:
+    """A sensor stuck on one value through the training rows: the map is zero and the forecast the level."""
+    frame = wide_frame(n=300, channels=1)
+    frame.loc[:219, "x0"] = 7.0
+    dm = SeriesDataModule(frame=frame, lookback=LOOKBACK, horizon=12, batch_size=32)
+    model = PhaseRidge(dm.n_channels, LOOKBACK, 12, period=PERIOD)
+    model.fit_closed_form(dm.train_dataloader())
+    assert torch.equal(model.weight, torch.zeros_like(model.weight))
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        assert torch.isfinite(model(batch["past"], batch["time_idx"])).all()
+
+
+def test_non_finite_forecasts_are_an_error(wide_frame) -> None:
+    dm = SeriesDataModule(frame=wide_frame(n=300, channels=1), lookback=LOOKBACK, horizon=12, batch_size=32)
+    model = PhaseRidge(dm.n_channels, LOOKBACK, 12, period=PERIOD)
+    model.weight.fill_(float("nan"))
+    batch = next(iter(dm.test_dataloader()))
+    with pytest.raises(ValueError, match=r"PhaseRidge forecast NaN or inf on predict windows"), torch.no_grad():
+        model.predict_step(batch, 0)
+
+
 def test_phase_ridge_reads_whole_periods() -> None:
     with pytest.raises(ValueError, match=r"lookback \(12\) must be at least the period \(24\)"):
         PhaseRidge(2, 12, 6, period=24)

@@ -78,6 +78,16 @@ def test_ridge_stats_cv_matches_explicit_folds() -> None:
     torch.testing.assert_close(w, ridge_solve(stats.xtx.sum(0), stats.xty.sum(0), alpha))
 
 
+def test_all_zero_features_give_a_zero_map_at_every_penalty() -> None:
+    """Constant training rows leave XᵀX = 0: every penalty of the grid must solve to zeros, not NaN."""
+    stats = RidgeStats(4, 2)
+    stats.update(torch.zeros(60, 4), torch.zeros(60, 2), torch.arange(60) // 6)
+    for alpha in ALPHA_GRID:
+        assert torch.equal(ridge_solve(stats.xtx.sum(0), stats.xty.sum(0), alpha), torch.zeros(4, 2, dtype=torch.float64))
+    w, _ = stats.solve()
+    assert torch.equal(w, torch.zeros(4, 2, dtype=torch.float64))
+
+
 def test_ridge_stats_do_not_depend_on_how_rows_are_batched_or_the_product_precision() -> None:
     """Statistics added batch by batch equal those of one update; float32 products (for features in [-1, 1])
     agree with float64 ones to float32 accuracy, and the targets' sum of squares stays exact."""

@@ -71,6 +71,8 @@ def test_time_borders():
     assert time_borders(ds, "2024-01-04", None) == Borders(72, 100, 100)  # no test rows
     with pytest.raises(ValueError, match="val_start .* is after test_start"):
         time_borders(ds, "2024-01-04", "2024-01-03")
+    with pytest.raises(ValueError, match="test_start='notadate' is not a timestamp"):
+        time_borders(ds, "2024-01-04", "notadate")
 
 
 def test_bad_split_and_ratios():

@@ -56,6 +56,8 @@ _DAY_NS = 86_400_000_000_000
 _MINUTE_NS = 60_000_000_000
 # A fill that would grow a series more than this many times is almost surely a typo in a timestamp.
 _MAX_FILL_GROWTH = 10
+# Largest |value| accepted: models compute in float32 (largest 3.4e38), and scaling and errors need headroom.
+MAX_ABS_VALUE = 1e30
 
 
 class SeriesFileNotFoundError(FileNotFoundError, ValueError):
@@ -164,6 +166,8 @@ def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tup
     elif isinstance(source, str | os.PathLike):
         path = Path(source)
         where = _Where(path.name, is_file=True)
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; give one CSV or Parquet file (tsattn forecast reads folders).")
         if not path.is_file():
             raise SeriesFileNotFoundError(
                 f"{path}: file not found (resolved to {path.resolve()}). Check the path, or pass a DataFrame "
@@ -283,17 +287,28 @@ def _parse_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
 def _to_float(df: pd.DataFrame, col: str, where: _Where, times: pd.Series) -> np.ndarray:
     raw = df[col]
     if is_bool_dtype(raw) or is_numeric_dtype(raw):
-        return raw.to_numpy(dtype=np.float64, na_value=np.nan)
-    num = pd.to_numeric(raw, errors="coerce")
-    bad = (num.isna() & raw.notna()).to_numpy()
-    if bad.any():
-        i = int(np.argmax(bad))
+        values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        num = pd.to_numeric(raw, errors="coerce")
+        bad = (num.isna() & raw.notna()).to_numpy()
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{where.name}: column '{col}' holds a non-numeric value {raw.iloc[i]!r} on "
+                f"{where.row(int(df[_ROW].iloc[i]))} (timestamp {times.iloc[i]}). Target columns must hold numbers: "
+                "fix the cell (or leave it empty for a missing value), or leave the column out with target_cols=[...]."
+            )
+        values = num.to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        huge = np.isfinite(values) & (np.abs(values) > MAX_ABS_VALUE)
+    if huge.any():
+        i = int(np.argmax(huge))
         raise ValueError(
-            f"{where.name}: column '{col}' holds a non-numeric value {raw.iloc[i]!r} on "
-            f"{where.row(int(df[_ROW].iloc[i]))} (timestamp {times.iloc[i]}). Target columns must hold numbers: "
-            "fix the cell (or leave it empty for a missing value), or leave the column out with target_cols=[...]."
+            f"{where.name}: column '{col}' holds {values[i]:g} on {where.row(int(df[_ROW].iloc[i]))} (timestamp "
+            f"{times.iloc[i]}), beyond the largest magnitude tsattn accepts ({MAX_ABS_VALUE:g}; models compute in "
+            "float32); fix the cell, or rescale the column (e.g. divide it by a power of ten)."
         )
-    return num.to_numpy(dtype=np.float64, na_value=np.nan)
+    return values
 
 
 def _numeric_candidate(col: pd.Series) -> bool:
@@ -531,6 +546,8 @@ def _check_duplicates(out: pd.DataFrame, where: _Where, id_col: str | None) -> N
         f"{where.name}: timestamp {first['ds']} appears more than once in series '{first['unique_id']}' "
         f"({where.rows(rows)}). Each series needs one row per timestamp: drop the duplicates "
         f"(df.drop_duplicates(subset=...)) or aggregate them (df.groupby({keys}).mean()) first."
+        + ("" if id_col else " If the file holds several series (a long table), name their id column with id_col "
+           "(--data.id_col in the CLI).")
     )
 
 

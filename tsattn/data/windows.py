@@ -84,6 +84,13 @@ def ratio_borders(n: int, ratios: Sequence[float] = DEFAULT_RATIOS) -> Borders:
     return Borders(n_train, n - n_test, n)
 
 
+def _cut(name: str, value: str | pd.Timestamp | None) -> pd.Timestamp | None:
+    try:
+        return None if value is None else pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name}={value!r} is not a timestamp; give one such as '2024-03-01' or '2024-03-01 12:00'") from None
+
+
 def time_borders(
     ds: pd.DatetimeIndex, val_start: str | pd.Timestamp | None, test_start: str | pd.Timestamp | None
 ) -> Borders:
@@ -91,8 +98,7 @@ def time_borders(
     if val_start is None and test_start is None:
         raise ValueError("split='time' needs val_start and/or test_start (timestamps).")
     n = len(ds)
-    vs = pd.Timestamp(val_start) if val_start is not None else None
-    ts = pd.Timestamp(test_start) if test_start is not None else None
+    vs, ts = (_cut(name, value) for name, value in (("val_start", val_start), ("test_start", test_start)))
     if vs is not None and ts is not None and vs > ts:
         raise ValueError(f"val_start {vs} is after test_start {ts}; the validation rows must come first.")
     b2 = int(ds.searchsorted(ts, side="left")) if ts is not None else n

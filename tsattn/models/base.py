@@ -100,6 +100,24 @@ class Forecaster(L.LightningModule):
             return sub.load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse, naming the difference, a checkpoint of another class or size (before its weights are copied)."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        path = saved.get("_class_path")
+        if isinstance(path, str) and path.rpartition(".")[2] != type(self).__name__:
+            raise ValueError(
+                f"the checkpoint holds a {path.rpartition('.')[2]}, not a {type(self).__name__}; load it with the "
+                "model it was trained as (in the CLI: the config.yaml saved beside it)"
+            )
+        mine = {"n_channels": self.n_channels, "lookback": self.lookback, "horizon": self.horizon,
+                "quantiles": self.quantiles}
+        differ = [f"{k} {saved[k]!r} (here {v!r})" for k, v in mine.items() if k in saved and saved[k] != v]
+        if differ:
+            raise ValueError(
+                f"the checkpoint's {type(self).__name__} was trained with {', '.join(differ)}; build the model and "
+                "data with the checkpoint's settings (in the CLI: the config.yaml saved beside it)"
+            )
+
     # ----------------------------------------------------------------- network contract
     @property
     def n_outputs(self) -> int:
@@ -150,10 +168,21 @@ class Forecaster(L.LightningModule):
         if not torch.isfinite(past).all():
             raise ValueError("past window contains NaN or inf values; clean the series (see the `missing` option)")
 
+    def _check_finite(self, pred: Tensor, stage: str) -> Tensor:
+        """*pred*, or a ValueError where it holds NaN or inf (from finite inputs): never NaN forecasts."""
+        if not torch.isfinite(pred).all():
+            raise ValueError(
+                f"{type(self).__name__} forecast NaN or inf on {stage} windows of finite values: its fitted state "
+                "is not usable; refit it (e.g. with a fixed ridge penalty or a lower learning rate)"
+            )
+        return pred
+
     # ----------------------------------------------------------------- steps
     def _step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         """Log the stage's loss (and errors); return the loss and the detached point forecast (B, H, C)."""
         pred = self(batch["past"], batch.get("time_idx"))
+        if stage == "test":
+            self._check_finite(pred, stage)
         target = batch["future"]
         loss = self.loss_fn(pred, target)
         point = self.point(pred).detach()
@@ -195,7 +224,7 @@ class Forecaster(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Forecasts in original units: dict of yhat (B, H, C[, Q]), series_idx (B,), time_idx (B,)."""
-        pred = self(batch["past"], batch.get("time_idx"))
+        pred = self._check_finite(self(batch["past"], batch.get("time_idx")), "predict")
         if "scale" in batch:
             scale, loc = batch["scale"], batch["loc"]
             if self.quantiles:

@@ -398,6 +398,7 @@ class EMAAttentionForecaster(Forecaster):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints saved before the kernel-ridge part load as the model they were: its map left at zero; those
         saved before ``correction_weight`` forecast with the whole correction, as they did."""
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("hyper_parameters")
         if saved is not None and "correction_weight" not in saved:
             self.correction_weight = 1.0

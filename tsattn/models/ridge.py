@@ -59,7 +59,8 @@ def ridge_solve(xtx: Tensor, xty: Tensor, alpha: float) -> Tensor:
     and any number of training windows.
     """
     f = xtx.shape[0]
-    ridge = alpha * (torch.trace(xtx) / f).clamp_min(torch.finfo(xtx.dtype).tiny)
+    # clamped after the product: a subnormal penalty on an all-zero XᵀX (constant training rows) makes solve NaN
+    ridge = (alpha * torch.trace(xtx) / f).clamp_min(torch.finfo(xtx.dtype).tiny)
     eye = torch.eye(f, dtype=xtx.dtype, device=xtx.device)
     return torch.linalg.solve(xtx + ridge * eye, xty)
 
