@@ -261,6 +261,36 @@ def test_sample_configs_build(name):
         cli.forecaster_class(baseline)
 
 
+def test_checkpoint_of_another_size_or_a_used_folder_one_line(wide_csv, tmp_path, capsys):
+    main(fit_args(wide_csv, tmp_path / "a", "--model", "Linear"))
+    main(fit_args(wide_csv, tmp_path / "b", "--model", "Linear", "--data.lookback", "12"))
+    capsys.readouterr()
+    config = str(tmp_path / "a" / "version_0" / "config.yaml")
+    other = str(tmp_path / "b" / "version_0" / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit):
+        main(["test", "--config", config, "--ckpt_path", other])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "trained with lookback 12 (here 24)" in line and "config.yaml" in line
+    mine = str(tmp_path / "a" / "version_0" / "checkpoints" / "last.ckpt")
+    used = ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "p")]
+    main(["predict", "--config", config, "--ckpt_path", mine, *used])
+    before = (tmp_path / "p" / "predictions.csv").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", config, "--ckpt_path", mine, *used])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "config.yaml exists" in line and "--trainer.default_root_dir" in line
+    assert (tmp_path / "p" / "predictions.csv").read_bytes() == before
+
+
+def test_unwritable_run_folder_one_line(wide_csv, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SystemExit):
+        main(fit_args(wide_csv, tmp_path / "file" / "run", "--model", "Naive"))
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("tsattn: error:") and "file/run" in line and "Not a directory" in line
+
+
 # ------------------------------------------------------------------------------------------------ bad arguments
 BAD = {
     "missing file": (["--data.path", "{tmp}/nope.csv"], "nope.csv"),
@@ -268,6 +298,10 @@ BAD = {
     "horizon too long": (["--data.horizon", "5000"], "5000"),
     "unknown model": (["--model", "Linearr"], "unknown model 'Linearr'"),
     "unknown compare model": (["--compare", "Naive", "Nope"], "unknown model 'Nope'"),
+    "bad model argument": (["--model.quantiles", "[0.1,1.5]"], "quantiles must be levels strictly between 0 and 1"),
+    "bad period": (["--data.period", "0"], "period must be a positive integer or None, got 0"),
+    "folder as data": (["--data.path", "{tmp}"], "is a folder"),
+    "bad cut": (["--data.split", "time", "--data.val_start", "soon"], "val_start='soon' is not a timestamp"),
 }
 
 

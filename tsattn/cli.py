@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import logging
 import math
 import os
@@ -36,10 +35,16 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+    _get_module_type,
+    _InstantiatorFn,
+)
 from lightning.pytorch.loggers import CSVLogger
 
-from tsattn.atomic import atomic_path
+from tsattn.atomic import atomic_path, write_json
 from tsattn.data import SeriesDataModule
 from tsattn.metrics import mean_se
 from tsattn.models.base import Forecaster
@@ -84,7 +89,8 @@ def _given_model(message: str) -> str | None:
 
 
 class _Parser(LightningArgumentParser):
-    """LightningArgumentParser whose error for an unknown model name (e.g. from a config file) is one line."""
+    """LightningArgumentParser whose errors are one line (an unknown model name, e.g. from a config file, names the
+    choices)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if self.exit_on_error and message.lstrip().startswith('Parser key "model"'):
@@ -94,6 +100,8 @@ class _Parser(LightningArgumentParser):
                     forecaster_class(name)
                 except ValueError as exc:
                     _fail(str(exc))
+        if self.exit_on_error and not os.environ.get("TSATTN_DEBUG"):  # the message, without the usage dump
+            _fail(f"{message} (options: {self.prog.replace(' [options]', '')} --help)")
         super().error(message, ex)
 
 
@@ -114,6 +122,20 @@ class _Instantiator(_InstantiatorFn):
 
 
 # --------------------------------------------------------------------------------------------- the CLI
+class _SaveConfig(SaveConfigCallback):
+    """Lightning's config saving, with a one-line error where a run folder already holds a config."""
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir and not self.overwrite and trainer.is_global_zero:
+            path = Path(trainer.log_dir or trainer.default_root_dir) / self.config_filename
+            if path.is_file():
+                raise ValueError(
+                    f"{path} exists: that folder holds an earlier run; give another --trainer.default_root_dir, or "
+                    "keep the default logger, which makes a new version_N folder for each run"
+                )
+        super().setup(trainer, pl_module, stage)
+
+
 class TsattnCLI(LightningCLI):
     """LightningCLI for tsattn forecasters on :class:`~tsattn.data.SeriesDataModule`.
 
@@ -129,6 +151,7 @@ class TsattnCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_kwargs", {"epilog": _epilog()})
         kwargs.setdefault("parser_class", _Parser)
+        kwargs.setdefault("save_config_callback", _SaveConfig)
         super().__init__(
             model_class=Forecaster,
             datamodule_class=SeriesDataModule,
@@ -264,7 +287,7 @@ class TsattnCLI(LightningCLI):
 
     def after_validate(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
-        _write_json(self._run_dir() / "metrics.json", {"validate": metrics})
+        write_json(self._run_dir() / "metrics.json", {"validate": metrics})
 
     def predict(self, model: Forecaster, datamodule: SeriesDataModule, **kwargs: Any) -> None:
         """Forecast ``horizon`` steps past the end of each series; writes ``predictions.csv`` in the run folder."""
@@ -272,7 +295,8 @@ class TsattnCLI(LightningCLI):
         frame = _predictions_frame(model, datamodule, outputs or [])
         path = self._run_dir() / "predictions.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False)
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
         print(f"predictions: {path} ({len(frame)} rows)")
 
     # ----------------------------------------------------------------- helpers
@@ -324,7 +348,7 @@ class TsattnCLI(LightningCLI):
             "horizon": self.model.horizon,
             "test": rows,
         }
-        _write_json(run_dir / "metrics.json", payload)
+        write_json(run_dir / "metrics.json", payload)
         print(f"metrics: {run_dir / 'metrics.json'}")
         if self._get(self.config, "plot"):
             path = write_forecast_plot(self.model, self.datamodule, run_dir / "forecast.png")
@@ -423,9 +447,6 @@ def _number(value: float) -> str:
     return f"{value:.0f}" if abs(value) < 1e10 else f"{value:.4e}"
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 @torch.no_grad()
@@ -571,11 +592,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(code or 0)
     try:
         TsattnCLI(args=None if argv is None else args)
-    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+    except (ValueError, OSError) as exc:
         if os.environ.get("TSATTN_DEBUG"):
             raise
-        _fail(str(exc) or type(exc).__name__)
+        _fail(_message(exc))
     return 0
+
+
+def _message(exc: Exception) -> str:
+    """One line for an error: an OS error on a path (unwritable run folder, missing file) names the path."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        hint = "; choose a writable location (e.g. --trainer.default_root_dir)" if isinstance(exc, PermissionError) else ""
+        return f"{exc.filename}: {exc.strerror or type(exc).__name__}{hint}"
+    text = str(exc)
+    if text.startswith("Does not validate against any of the Union subtypes"):
+        # jsonargparse's error for the model (a Forecaster or None): the model's own reason, not the whole config
+        reasons = [r.strip() for r in re.findall(r"^\s*- (.+)$", text, re.M) if not r.startswith("Expected a ")]
+        if reasons:
+            return reasons[0]
+    return text or type(exc).__name__
 
 
 if __name__ == "__main__":
