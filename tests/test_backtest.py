@@ -126,3 +126,61 @@ def test_cli_outputs_and_no_overwrite(tmp_path, capsys, quantile_ckpt):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--overwrite" in err
     assert (tmp_path / "m.csv").read_bytes() == before
+
+
+def test_mase_of_a_constant_series_is_nan_and_left_out_of_all(plain_ckpt, tmp_path, caplog):
+    varying = series(120).assign(id="s0")
+    constant = varying.assign(id="s1", y=5.0)  # the naive forecast's in-sample error is 0: MASE is undefined
+    frame = pd.concat([varying, constant], ignore_index=True)
+    with caplog.at_level("WARNING", logger="tsattn.backtest"):
+        res = bt.backtest(plain_ckpt, frame, windows=3, step=6, id_col="id", trainer={"accelerator": "cpu"})
+    s = res.summary.set_index("unique_id")
+    assert np.isnan(s.loc["s1", "mase"]) and np.isfinite(s.loc["s0", "mase"])
+    assert s.loc["all", "mase"] == pytest.approx(s.loc["s0", "mase"])  # only s0 counts
+    f = res.forecasts
+    np.testing.assert_allclose(s.loc["all", "mae"], np.mean(np.abs(f["y"] - f["yhat"])))  # other metrics: both
+    assert res.metrics.loc[res.metrics["unique_id"] == "s1", "mase"].isna().all()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "MASE" in warnings[0] and "s1 (folds 0, 1, 2)" in warnings[0]
+    assert "s0" not in warnings[0]
+    bt._write_table(res.metrics, tmp_path / "m.csv")
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert all(line.endswith(",") for line in lines if line.startswith("s1,"))  # NaN: an empty cell
+
+
+def test_cli_unwritable_outputs_are_one_line_errors(tmp_path, capsys, plain_ckpt, monkeypatch):
+    series(120).to_csv(tmp_path / "data.csv", index=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("a regular file, not a folder")
+    common = ["--ckpt", plain_ckpt, "--input", str(tmp_path / "data.csv"), "--windows", "2", "--step", "4", *NO_BAR]
+
+    def no_backtest(*args, **kwargs):
+        raise AssertionError("the run should have been refused before the backtest")
+
+    with monkeypatch.context() as m:  # refused before any work
+        m.setattr(bt, "backtest", no_backtest)
+        for flag in ("--output", "--forecasts", "--plot"):
+            target = blocker / ("x.png" if flag == "--plot" else "x.csv")
+            assert bt.main([*common, flag, str(target)]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith("tsattn backtest: error:") and str(target) in err
+            assert "not a folder" in err
+
+    def denied(self, path, *args, **kwargs):  # the folder turns read-only while the backtest runs
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", denied)
+    assert bt.main([*common, "--output", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write output {tmp_path / 'm.csv'}: Permission denied" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "file"]
+
+
+def test_plot_is_written_atomically(tmp_path, plain_ckpt, monkeypatch):
+    res = bt.backtest(plain_ckpt, series(120), windows=2, step=4, trainer={"accelerator": "cpu"})
+    path = tmp_path / "bt.png"
+    path.write_text("old")
+    with pytest.raises(bt.ForecastError, match="--overwrite"):
+        bt.plot_backtest(res, path, overwrite=False)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["bt.png"]
+    assert bt.plot_backtest(res, path) == path and path.read_bytes().startswith(b"\x89PNG")

@@ -201,6 +201,110 @@ def test_no_overwrite_and_atomic_write(tmp_path, capsys, linear_ckpt, monkeypatc
     assert os.listdir(dest.parent) == ["f.csv"]  # the temp file and the parts folder are gone
 
 
+def _no_prediction(*args, **kwargs):
+    raise AssertionError("the run should have been refused before predicting")
+
+
+def test_skipped_file_is_kept_unless_overwrite_and_written_atomically(tmp_path, capsys, linear_ckpt, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    wide_csv(data / "good.csv")
+    bad = pd.read_csv(wide_csv(data / "bad.csv", seed=1))
+    bad.loc[60, "x0"] = np.nan  # a NaN in the middle: the series is skipped
+    bad.to_csv(data / "bad.csv", index=False)
+    notes = tmp_path / "mynotes.csv"
+    notes.write_text("notes\n")
+    args = ["--ckpt", linear_ckpt, "--input", data, "--output", tmp_path / "o.csv", "--skipped", notes]
+    with monkeypatch.context() as m:  # refused up front: nothing is predicted, nothing written
+        m.setattr(fc.ForecastWriter, "write_on_batch_end", _no_prediction)
+        code, out, err = run(capsys, *args)
+    assert code == 2 and err.count("\n") == 1
+    assert "--skipped file" in err and str(notes) in err and "--overwrite" in err
+    assert notes.read_text() == "notes\n" and not (tmp_path / "o.csv").exists()
+
+    code, out, err = run(capsys, *args, "--overwrite")
+    assert code == 0, err
+    skipped = pd.read_csv(notes)
+    assert list(skipped["unique_id"]) == ["bad"] and "missing value" in skipped["reason"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mynotes.csv", "o.csv"]  # no temp files left
+
+    def half_then_fail(self, path, *args, **kwargs):  # a failed write leaves the old file and no temp file
+        Path(path).write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_fail)
+    with pytest.raises(fc.ForecastError, match=r"cannot write --skipped file .*mynotes.csv: No space left"):
+        fc._write_skipped([("x", None, "why")], notes, overwrite=True)
+    assert list(pd.read_csv(notes)["unique_id"]) == ["bad"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mynotes.csv", "o.csv"]
+
+
+def test_plots_are_not_replaced_without_overwrite(tmp_path, capsys, linear_ckpt, monkeypatch):
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    # A wide file's plot is named after the file: refused before predicting.
+    (plots / "plant.png").write_text("old")
+    src = wide_csv(tmp_path / "plant.csv")
+    with monkeypatch.context() as m:
+        m.setattr(fc.ForecastWriter, "write_on_batch_end", _no_prediction)
+        code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, "--output", tmp_path / "f.csv",
+                             "--plot", plots)
+    assert code == 2 and err.count("\n") == 1
+    assert f"plot {plots / 'plant.png'} exists" in err and "--overwrite" in err
+    assert (plots / "plant.png").read_text() == "old" and not (tmp_path / "f.csv").exists()
+
+    # The ids of a long file are known only once read: refused before writing anything (table or plots).
+    long_frame((40, 50)).to_csv(tmp_path / "panel.csv", index=False)
+    (plots / "s1.png").write_text("old")
+    args = ["--ckpt", linear_ckpt, "--input", tmp_path / "panel.csv", "--id-col", "id", "--output",
+            tmp_path / "g.csv", "--plot", plots]
+    code, out, err = run(capsys, *args)
+    assert code == 2 and err.count("\n") == 1
+    assert f"plot {plots / 's1.png'} exists" in err and "--overwrite" in err
+    assert not (tmp_path / "g.csv").exists()
+    assert sorted(p.name for p in plots.iterdir()) == ["plant.png", "s1.png"]  # no s0.png, no staging folder
+    assert (plots / "s1.png").read_text() == "old"
+
+    code, out, err = run(capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in plots.iterdir()) == ["plant.png", "s0.png", "s1.png"]
+    assert (plots / "s1.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.csv", "panel.csv", "plant.csv", "plots"]
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path, capsys, linear_ckpt, monkeypatch):
+    src = wide_csv(tmp_path / "plant.csv")
+    blocker = tmp_path / "file"
+    blocker.write_text("a regular file, not a folder")
+    monkeypatch.setattr(fc.ForecastWriter, "write_on_batch_end", _no_prediction)  # every case is refused first
+    for flag, target in (("--output", blocker / "f.csv"), ("--skipped", blocker / "s.csv"), ("--plot", blocker / "p")):
+        args = ["--output", tmp_path / "f.csv", flag, target] if flag != "--output" else [flag, target]
+        code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, *args)
+        assert code == 2 and err.count("\n") == 1, (flag, err)
+        assert err.startswith("tsattn forecast: error:") and str(target) in err and "not a folder" in err
+
+    def read_only(*args, **kwargs):  # a read-only folder (e.g. chattr +i) that os.access would not reveal to root
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(fc.tempfile, "mkstemp", read_only)
+        code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, "--output", tmp_path / "imm" / "f.csv")
+    assert code == 2 and err.count("\n") == 1
+    assert "output " + str(tmp_path / "imm" / "f.csv") in err and "cannot write in" in err and "Permission" in err
+
+
+def test_a_failed_write_is_a_one_line_error(tmp_path, capsys, linear_ckpt, monkeypatch):
+    src = wide_csv(tmp_path / "plant.csv")
+    def denied(self, parts):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(fc.ForecastWriter, "_concat", denied)
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, "--output", tmp_path / "f.csv")
+    assert code == 2 and err.count("\n") == 1
+    assert f"cannot write output {tmp_path / 'f.csv'}: Permission denied" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plant.csv"]  # the parts folder is gone
+
+
 def test_cutoffs_use_only_rows_up_to_them(tmp_path, capsys, linear_ckpt):
     src = wide_csv(tmp_path / "plant.csv")
     ds = pd.read_csv(src, parse_dates=["date"])["date"]
@@ -290,3 +394,10 @@ def test_cli_dispatches_forecast_and_backtest(tmp_path, capsys):
         assert main([command, *args]) == 2
         err = capsys.readouterr().err
         assert f"tsattn {command}: error: checkpoint" in err and "not found" in err
+
+
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path, capsys):
+    data = wide_csv(tmp_path / "data.csv")
+    code, _, err = run(capsys, "--ckpt", data, "--input", data, "--output", tmp_path / "f.csv")
+    assert code == 2 and err.count("\n") == 1
+    assert "data.csv: not a checkpoint file" in err and not (tmp_path / "f.csv").exists()

@@ -24,7 +24,9 @@ last history timestamp. A fold without ``lookback`` history rows is skipped for 
 step, over folds: MSE, MAE, sMAPE (%), MASE (the error over the in-sample MAE of the seasonal naive forecast on the
 fold's history, season = the data's period or 1; as :func:`tsattn.metrics.mase`, per fold) and, for quantile
 models, the pinball loss (mean over levels) and the coverage of the interval between the lowest and highest level.
-The summary averages them over steps per ``unique_id`` and overall.
+The summary averages them over steps per ``unique_id`` and overall. MASE is undefined (NaN, with a warning) for a
+fold whose history is constant (the naive forecast's in-sample error is 0); such folds are left out of its averages,
+the ``all`` row's included.
 """
 
 from __future__ import annotations
@@ -49,23 +51,26 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tsattn.atomic import atomic_path
 from tsattn.data import SeriesDataModule, read_series
 from tsattn.forecast import (
+    _REPORTED,
     ForecastError,
     LoadedCheckpoint,
     _add_common_args,
     _add_trainer_args,
     _check_output,
+    _check_target,
     _Context,
     _context,
-    _fail,
     _header,
     _isolate,
     _layout,
     _melt,
     _one_line,
+    _report,
     _sep,
     _Skip,
     _trainer_config,
     _trainer_parser,
+    _writing,
     load_checkpoint,
 )
 from tsattn.metrics import coverage, mae, mse, pinball_loss, smape
@@ -221,15 +226,40 @@ def _predict(model: L.LightningModule, parts: list[tuple[int, SeriesDataModule]]
 # ============================================================================================ metrics
 
 
+def _naive_scale(values: np.ndarray, p: int, season: int) -> np.ndarray | None:
+    """In-sample MAE of the seasonal naive forecast on rows [0, p) of *values* (T, C): (C,); None if p <= season."""
+    if p <= season:
+        return None
+    return np.mean(np.abs(values[season:p] - values[: p - season]), axis=0)
+
+
 def _scaled_errors(values: np.ndarray, p: int, actual: np.ndarray, pred: np.ndarray, season: int) -> np.ndarray:
     """|actual - pred| / (in-sample MAE of the seasonal naive forecast on rows [0, p)): (H, C); NaN if undefined.
 
-    The same quantity :func:`tsattn.metrics.mase` averages, kept per step so it can be reported per step.
+    The same quantity :func:`tsattn.metrics.mase` averages, kept per step so it can be reported per step. Undefined:
+    at most ``season`` history rows, or a zero scale (a constant history) in that channel.
     """
-    if p <= season:
+    return _scale_errors(actual, pred, _naive_scale(values, p, season))
+
+
+def _scale_errors(actual: np.ndarray, pred: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    if scale is None:
         return np.full(actual.shape, np.nan)
-    scale = np.mean(np.abs(values[season:p] - values[: p - season]), axis=0)  # (C,)
-    return np.abs(actual - pred) / np.maximum(scale, 1e-8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(scale > 0, np.abs(actual - pred) / scale, np.nan)
+
+
+def _warn_undefined_mase(undefined: list[tuple[str, int]], shown: int = 10) -> None:
+    """One warning naming the unique_ids (and folds) whose MASE is undefined: their history is constant."""
+    folds: dict[str, list[int]] = {}
+    for uid, fold in undefined:
+        folds.setdefault(uid, []).append(fold)
+    names = [f"{uid} (fold{'s' if len(f) > 1 else ''} {', '.join(map(str, sorted(f)))})"
+             for uid, f in list(folds.items())[:shown]]
+    more = f" and {len(folds) - shown} more" if len(folds) > shown else ""
+    log.warning("MASE is undefined where the history before the cutoff is constant (the naive forecast's in-sample "
+                "error is 0): NaN, and left out of the MASE averages and the 'all' row, for %s%s",
+                ", ".join(names), more)
 
 
 def _metric_row(group: pd.DataFrame, quantile_cols: list[str], quantiles: list[float] | None) -> dict[str, float]:
@@ -330,6 +360,7 @@ def backtest(
     season = int(ctx.state.get("period") or 1)
     quantiles = list(loaded.model.quantiles) if getattr(loaded.model, "quantiles", None) else None
     records: list[pd.DataFrame] = []
+    undefined: list[tuple[str, int]] = []  # (unique_id, fold) with a zero MASE scale
     for frame, _ in frames:
         positions, bad = _fold_plan(frame, ctx, windows, step)
         skipped.extend(bad)
@@ -339,10 +370,14 @@ def backtest(
         else:
             preds, worse = _fixed_predictions(loaded, folds, ctx, trainer)
         skipped.extend(worse)
-        records.append(_forecast_rows(frame, positions, preds, ctx, season, quantiles, loaded))
+        table, zero_scale = _forecast_rows(frame, positions, preds, ctx, season, quantiles, loaded)
+        records.append(table)
+        undefined.extend(zero_scale)
     forecasts = pd.concat(records, ignore_index=True) if records else pd.DataFrame()
     if forecasts.empty:
         raise ForecastError("no fold could be evaluated: " + "; ".join(f"{u}: {r}" for u, _, r in skipped[:3]))
+    if undefined:
+        _warn_undefined_mase(undefined)
     metrics, summary = _metrics(forecasts, quantiles)
     forecasts = forecasts.drop(columns=["scaled_error"])
     return BacktestResult(forecasts, metrics, summary, skipped, quantiles, season, refit)
@@ -426,8 +461,9 @@ def _forecast_rows(
     season: int,
     quantiles: list[float] | None,
     loaded: LoadedCheckpoint,
-) -> pd.DataFrame:
-    """Tidy rows ``unique_id, fold, cutoff, ds, step, y, yhat`` (+ quantiles, scaled_error) for *frame*."""
+) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
+    """Tidy rows ``unique_id, fold, cutoff, ds, step, y, yhat`` (+ quantiles, scaled_error) for *frame*, and the
+    ``(unique_id, fold)`` whose MASE scale is zero (a constant history)."""
     h, cols = ctx.horizon, ctx.target_cols
     c = len(cols)
     median = getattr(loaded.model, "median_index", 0)
@@ -438,6 +474,7 @@ def _forecast_rows(
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("unique_id", "fold", "cutoff", "ds", "step", "y", "yhat",
                                                         "scaled_error")}
     qparts: list[np.ndarray] = []
+    undefined: list[tuple[str, int]] = []
     for (fold, uid), yhat in sorted(preds.items()):
         a = int(starts[uid])
         p = positions[uid][fold]
@@ -452,11 +489,14 @@ def _forecast_rows(
         out["step"].append(np.tile(np.arange(1, h + 1), c))
         out["y"].append(actual.T.reshape(-1))  # (C*H,) channel-major, as the names
         out["yhat"].append(point.T.reshape(-1))
-        out["scaled_error"].append(_scaled_errors(values, p, actual, point, season).T.reshape(-1))
+        scale = _naive_scale(values, p, season)
+        if scale is not None:
+            undefined.extend((names[j], fold) for j in np.flatnonzero(scale == 0))
+        out["scaled_error"].append(_scale_errors(actual, point, scale).T.reshape(-1))
         if quantiles:
             qparts.append(np.ascontiguousarray(yhat.transpose(1, 0, 2)).reshape(c * h, -1))  # (C*H, Q)
     if not out["fold"]:
-        return pd.DataFrame()
+        return pd.DataFrame(), undefined
     table = pd.DataFrame({k: np.concatenate(v) for k, v in out.items()})
     table["unique_id"] = table["unique_id"].astype("str")
     if quantiles:
@@ -464,14 +504,17 @@ def _forecast_rows(
         for i, level in enumerate(quantiles):
             table[f"yhat_q{level:g}"] = q[:, i]
     first = ["unique_id", "fold", "cutoff", "ds", "step", "y", "yhat"]
-    return table[first + [k for k in table.columns if k not in first]]
+    return table[first + [k for k in table.columns if k not in first]], undefined
 
 
 # ============================================================================================ outputs
 
 
-def plot_backtest(result: BacktestResult, path: str | os.PathLike, max_series: int = 3) -> Path:
-    """PNG: actuals and every fold's forecast for the first ``max_series`` unique_ids, and MAE / MASE by step."""
+def plot_backtest(result: BacktestResult, path: str | os.PathLike, max_series: int = 3, overwrite: bool = True) -> Path:
+    """PNG: actuals and every fold's forecast for the first ``max_series`` unique_ids, and MAE / MASE by step.
+
+    Written atomically; without ``overwrite`` an existing *path* is kept (a ForecastError).
+    """
     from matplotlib.figure import Figure
 
     f = result.forecasts
@@ -505,14 +548,14 @@ def plot_backtest(result: BacktestResult, path: str | os.PathLike, max_series: i
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="upper left", fontsize=8)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with _writing(path, "plot"), atomic_path(path, replace=overwrite) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
     return path
 
 
-def _write_table(table: pd.DataFrame, path: Path) -> None:
-    """Atomic write of a CSV or Parquet table."""
-    with atomic_path(path) as tmp:
+def _write_table(table: pd.DataFrame, path: Path, overwrite: bool = True) -> None:
+    """Atomic write of a CSV or Parquet table; without *overwrite* an existing *path* is kept."""
+    with _writing(path, "output"), atomic_path(path, replace=overwrite) as tmp:
         if path.suffix.lower() in (".parquet", ".pq"):
             table.to_parquet(tmp, index=False)
         else:
@@ -535,30 +578,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_trainer_args(parser, {"devices": 1, "logger": False, "enable_checkpointing": False,
                                "enable_model_summary": False})
     cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    overwrite = bool(cfg.overwrite)
     try:
         outputs = [Path(p) for p in (cfg.output, cfg.forecasts) if p]
         for out in outputs:
-            _check_output(out, bool(cfg.overwrite))
-        if cfg.plot and Path(cfg.plot).exists() and not cfg.overwrite:
-            raise ForecastError(f"plot {cfg.plot} exists; pass --overwrite to replace it")
+            _check_output(out, overwrite)
+        if cfg.plot:
+            _check_target(Path(cfg.plot), "plot", overwrite)
         result = backtest(
             cfg.ckpt, cfg.input, windows=cfg.windows, step=cfg.step, refit=bool(cfg.refit), id_col=cfg.id_col,
             time_col=cfg.time_col, missing=cfg.missing, model=cfg.model, batch_size=cfg.batch_size, seed=cfg.seed,
             trainer=_trainer_config(parser, cfg),
         )
-    except (ForecastError, ValueError, FileNotFoundError) as err:
-        if os.environ.get("TSATTN_DEBUG"):
-            raise
-        return _fail(prog, str(err) or type(err).__name__)
+    except _REPORTED as err:
+        return _report(prog, err)
     print(result.format())
-    if cfg.output:
-        _write_table(result.metrics, Path(cfg.output))
-        print(f"metrics: {cfg.output} ({len(result.metrics)} rows)")
-    if cfg.forecasts:
-        _write_table(result.forecasts, Path(cfg.forecasts))
-        print(f"forecasts: {cfg.forecasts} ({len(result.forecasts)} rows)")
-    if cfg.plot:
-        print(f"plot: {plot_backtest(result, cfg.plot)}")
+    try:
+        if cfg.output:
+            _write_table(result.metrics, Path(cfg.output), overwrite)
+            print(f"metrics: {cfg.output} ({len(result.metrics)} rows)")
+        if cfg.forecasts:
+            _write_table(result.forecasts, Path(cfg.forecasts), overwrite)
+            print(f"forecasts: {cfg.forecasts} ({len(result.forecasts)} rows)")
+        if cfg.plot:
+            print(f"plot: {plot_backtest(result, cfg.plot, overwrite=overwrite)}")
+    except _REPORTED as err:
+        return _report(prog, err)
     return 0
 
 

@@ -27,8 +27,10 @@ Each rank's :class:`ForecastWriter` (a ``BasePredictionWriter``) writes its part
 
 **Safety.** The checkpoint is loaded with ``torch.load(weights_only=True)`` and the model class is looked up among
 the imported tsattn forecasters, never imported from a name in the file. Invalid or too-short series are skipped
-and listed in the summary with the reason. The output is written to a temporary file and moved into place with
-``os.replace``; an existing output is kept unless ``--overwrite`` is given.
+and listed in the summary with the reason. The output, the ``--skipped`` list and the plots are written to temporary
+files and moved into place with ``os.replace``; an existing file is kept unless ``--overwrite`` is given (checked
+before predicting: the output, ``--skipped`` and the plots of wide files, whose names are known from the file names;
+the other plots are checked before anything is written), and an unwritable location is refused up front.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -230,6 +233,10 @@ def load_checkpoint(path: str | os.PathLike, model: str | None = None) -> Loaded
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} not found")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (or, before 1.6, a pickle)
+        raise CheckpointError(f"{path}: not a checkpoint file; give a .ckpt written by `tsattn fit` (its checkpoints/)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -990,11 +997,40 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "series"
 
 
+def _plot_name(uid: str, cutoff: Any, many_cutoffs: bool) -> str:
+    """The PNG file name of one series' forecast (from *cutoff* when there are several cutoffs)."""
+    stem = _safe_name(str(uid))
+    if many_cutoffs:
+        stem += "@" + pd.Timestamp(cutoff).strftime("%Y%m%dT%H%M%S")
+    return stem + ".png"
+
+
+def _refuse_existing_plots(plot_dir: Path, names: Iterable[str]) -> None:
+    clash = sorted(n for n in set(names) if (plot_dir / n).exists())
+    if clash:
+        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
+        raise OutputExistsError(f"plot {plot_dir / clash[0]} exists{more}; pass --overwrite to replace it, or choose "
+                                "another --plot folder")
+
+
+@contextmanager
+def _writing(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turns an OSError raised while writing *path* into a one-line ForecastError naming it."""
+    try:
+        yield
+    except ForecastError:
+        raise
+    except OSError as err:
+        raise ForecastError(f"cannot write {what} {path}: {err.strerror or _one_line(err)}") from None
+
+
 class ForecastWriter(BasePredictionWriter):
     """Writes each prediction batch as a part file of its rank; after the last batch of every rank (a barrier),
     rank 0 merges the parts in input order into the output, atomically.
 
-    Parts are named by chunk and batch, so the merged table does not depend on how many ranks wrote it.
+    Parts are named by chunk and batch, so the merged table does not depend on how many ranks wrote it. Plots are
+    drawn into a hidden folder inside ``plot_dir`` (``plot_stage``) and moved into place after the table is
+    written, so an existing plot is replaced only with ``overwrite``, and a failed run replaces none.
     """
 
     def __init__(
@@ -1014,6 +1050,7 @@ class ForecastWriter(BasePredictionWriter):
         self.n_chunks, self.target_cols = n_chunks, list(target_cols)
         self.columns = ["unique_id", "ds", "cutoff", "yhat"] + [f"yhat_q{q:g}" for q in quantiles or []]
         self.overwrite, self.plot_dir = overwrite, Path(plot_dir) if plot_dir else None
+        self.plot_stage = self.plot_dir / f"{self.parts_dir.name}.plots" if self.plot_dir is not None else None
         self.planned_skips = [tuple(s) for s in planned_skips]
         self.many_cutoffs = many_cutoffs
         self.parquet = self.output.suffix.lower() in (".parquet", ".pq")
@@ -1048,7 +1085,7 @@ class ForecastWriter(BasePredictionWriter):
         from tsattn.plotting import plot_forecast
 
         history = (batch["past"] * batch["scale"] + batch["loc"]).detach().float().cpu().numpy()  # (B, L, C)
-        self.plot_dir.mkdir(parents=True, exist_ok=True)
+        self.plot_stage.mkdir(parents=True, exist_ok=True)
         for i, uid in enumerate(meta.uid):
             cutoff = pd.Timestamp(meta.cutoff[i])
             fig = plot_forecast(
@@ -1060,10 +1097,7 @@ class ForecastWriter(BasePredictionWriter):
                 channel_names=self.target_cols,
                 title=f"{uid} (cutoff {cutoff})",
             )
-            stem = _safe_name(str(uid))
-            if self.many_cutoffs:
-                stem += "@" + cutoff.strftime("%Y%m%dT%H%M%S")
-            fig.savefig(self.plot_dir / f"{stem}.png", dpi=90)
+            fig.savefig(self.plot_stage / _plot_name(uid, cutoff, self.many_cutoffs), dpi=90)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier("tsattn-forecast-merge")  # every rank has written its parts
@@ -1072,7 +1106,8 @@ class ForecastWriter(BasePredictionWriter):
 
     # ------------------------------------------------------------------ merging (rank 0)
     def merge(self) -> dict[str, Any]:
-        """Concatenate the parts in input order into the output (temp file + ``os.replace``); write the summary."""
+        """Concatenate the parts in input order into the output (temp file + ``os.replace``), move the plots into
+        place (refusing, before writing anything, plots that exist unless ``overwrite``); write the summary."""
         reports = []
         for k in range(self.n_chunks):
             path = self.parts_dir / f"chunk-{k:06d}.json"
@@ -1089,15 +1124,23 @@ class ForecastWriter(BasePredictionWriter):
             "written": False,
             "processes": len({r["pid"] for r in reports}),
         }
+        stage = self.plot_stage
+        plots = sorted(p.name for p in stage.iterdir()) if stage is not None and stage.is_dir() else []
+        if plots and not self.overwrite:
+            _refuse_existing_plots(self.plot_dir, plots)
         if summary["windows"]:
-            summary["rows"] = self._concat(parts)
+            with _writing(self.output, "output"):
+                summary["rows"] = self._concat(parts)
             summary["written"] = True
+        for name in plots:
+            with _writing(self.plot_dir / name, "plot"):
+                os.replace(stage / name, self.plot_dir / name)
         (self.parts_dir / "summary.json").write_text(json.dumps(summary))
         return summary
 
     def _concat(self, parts: list[Path]) -> int:
         rows = 0
-        with atomic_path(self.output) as tmp:
+        with atomic_path(self.output, replace=self.overwrite) as tmp:  # an output that appeared meanwhile is kept
             if self.parquet:
                 import pyarrow.parquet as pq
 
@@ -1118,8 +1161,6 @@ class ForecastWriter(BasePredictionWriter):
                             data = f.read()
                         rows += data.count(b"\n")
                         out.write(data)
-            if self.output.exists() and not self.overwrite:
-                raise OutputExistsError(f"{self.output} appeared while forecasting; pass --overwrite to replace it")
         return rows
 
 
@@ -1183,13 +1224,52 @@ class ForecastSummary:
         return "\n".join(lines)
 
 
+def _check_writable(folder: Path, what: str) -> None:
+    """Refuse up front a *folder* that cannot be made or written: probe its nearest existing ancestor with a
+    temporary file (permission bits do not tell for root, read-only mounts or immutable folders)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ForecastError(f"{what}: {existing} is a file, not a folder; choose another location")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tsattn-probe-", dir=existing)
+    except OSError as err:
+        raise ForecastError(
+            f"{what}: cannot write in {existing} ({err.strerror or _one_line(err)}); choose a writable location"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_target(path: Path, what: str, overwrite: bool) -> None:
+    """Refuse up front a file to write that is a folder, exists (unless *overwrite*) or cannot be written."""
+    if path.is_dir():
+        raise ForecastError(f"{what} {path} is a directory; name a file")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{what} {path} exists; pass --overwrite to replace it")
+    _check_writable(path.parent, f"{what} {path}")
+
+
 def _check_output(output: Path, overwrite: bool) -> None:
     if output.suffix.lower() not in _OUTPUTS:
         raise ForecastError(f"output {output} must end in .csv or .parquet")
     if output.is_dir():
         raise ForecastError(f"output {output} is a directory; name a .csv or .parquet file")
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"output {output} exists; pass --overwrite to replace it")
+    _check_target(output, "output", overwrite)
+
+
+def _check_plot_dir(plot_dir: Path) -> None:
+    if plot_dir.exists() and not plot_dir.is_dir():
+        raise ForecastError(f"--plot {plot_dir} is a file; name a folder for the PNGs")
+    _check_writable(plot_dir, f"--plot {plot_dir}")
+
+
+def _known_plot_names(chunks: list[_Chunk], cutoffs: list[pd.Timestamp] | None) -> list[str]:
+    """The plot names known before reading: wide files forecast as one series, named after the file."""
+    many = bool(cutoffs and len(cutoffs) > 1)
+    stems = [Path(p.path).stem for c in chunks for p in c.pieces if not p.layout.long and not p.layout.melt]
+    return [_plot_name(stem, cut, many) for stem in stems for cut in (cutoffs if many else [None])]
 
 
 def _parse_cutoffs(cutoffs: Sequence[Any] | None) -> list[pd.Timestamp] | None:
@@ -1276,6 +1356,9 @@ def forecast(
     start = time.perf_counter()
     output = Path(output)
     _check_output(output, overwrite)
+    plots = Path(plot_dir) if plot_dir is not None else None
+    if plots is not None:
+        _check_plot_dir(plots)
     if batch_size < 1 or chunk_size < 1:
         raise ForecastError("--batch-size and --chunk-size must be positive")
     loaded = ckpt if isinstance(ckpt, LoadedCheckpoint) else load_checkpoint(ckpt, model)
@@ -1284,18 +1367,31 @@ def forecast(
     ctx = _context(loaded, id_col=id_col, time_col=time_col, missing=missing, batch_size=batch_size,
                    cutoffs=cut, with_history=plot_dir is not None)
     chunks, planned_skips = _plan(files, ctx, chunk_size)
+    if plots is not None and not overwrite:
+        _refuse_existing_plots(plots, _known_plot_names(chunks, cut))
     key = {"output": str(output.resolve()), "ckpt": loaded.path, "inputs": [str(f.resolve()) for f in files],
            "cutoffs": [str(c) for c in cut or []], "batch": batch_size, "chunk": chunk_size}
     parts = _parts_dir(output, key)
-    parts.mkdir(parents=True, exist_ok=True)
+    with _writing(parts, "the parts folder beside the output"):
+        parts.mkdir(parents=True, exist_ok=True)
 
     kwargs = _trainer_kwargs(trainer)
     data = _ForecastData(chunks, ctx, str(parts), num_workers)
     writer = ForecastWriter(
         str(parts), str(output), len(chunks), ctx.target_cols, getattr(loaded.model, "quantiles", None),
-        overwrite, os.fspath(plot_dir) if plot_dir is not None else None, planned_skips,
+        overwrite, os.fspath(plots) if plots is not None else None, planned_skips,
         many_cutoffs=bool(cut and len(cut) > 1),
     )
+    made_plot_dir = plots is not None and not plots.exists()
+
+    def clean_up(failed: bool) -> None:
+        shutil.rmtree(parts, ignore_errors=True)
+        if writer.plot_stage is not None:
+            shutil.rmtree(writer.plot_stage, ignore_errors=True)
+            if failed and made_plot_dir:
+                with suppress(OSError):
+                    plots.rmdir()  # only if still empty: the run made it and wrote nothing there
+
     callbacks: list[Any] = [writer]
     bar = None
     if kwargs.get("enable_progress_bar", True) is not False:
@@ -1312,14 +1408,14 @@ def forecast(
             pl_trainer.predict(loaded.model, datamodule=data, return_predictions=False)
     except BaseException:
         if pl_trainer.is_global_zero:
-            shutil.rmtree(parts, ignore_errors=True)
+            clean_up(failed=True)
         raise
     if not pl_trainer.is_global_zero:
         return None
     try:
         info = json.loads((parts / "summary.json").read_text())
     finally:
-        shutil.rmtree(parts, ignore_errors=True)
+        clean_up(failed=False)
     return ForecastSummary(
         output=info["output"],
         series=int(info["series"]),
@@ -1377,6 +1473,24 @@ def _fail(prog: str, message: str, code: int = 2) -> int:
     return code
 
 
+# What a command reports as one line (``TSATTN_DEBUG=1`` re-raises): bad input, and files it cannot read or write.
+_REPORTED = (ForecastError, ValueError, OSError)
+
+
+def _report(prog: str, err: BaseException) -> int:
+    """One line on stderr for an error in *_REPORTED* (call it in the ``except`` block)."""
+    if os.environ.get("TSATTN_DEBUG"):
+        raise err
+    return _fail(prog, str(err) or type(err).__name__)
+
+
+def _write_skipped(skipped: Sequence[tuple[str, str | None, str]], path: Path, overwrite: bool) -> None:
+    """Every skipped series with its cutoff and reason as CSV (a header only if none), atomically."""
+    table = pd.DataFrame(list(skipped), columns=["unique_id", "cutoff", "reason"])
+    with _writing(path, "--skipped file"), atomic_path(path, replace=overwrite) as tmp:
+        table.to_csv(tmp, index=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``tsattn forecast``: returns 0, or non-zero with one line on stderr (``TSATTN_DEBUG=1`` for the traceback)."""
     prog = "tsattn forecast"
@@ -1388,11 +1502,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot", type=str, default=None, help="Folder for one PNG per series (and cutoff).")
     parser.add_argument("--chunk-size", type=int, default=500, help="Series read and predicted at a time.")
     parser.add_argument("--num-workers", type=int, default=0, help="Dataloader workers per rank (parse in parallel).")
-    parser.add_argument("--skipped", type=str, default=None, help="Write every skipped series and why to this CSV.")
+    parser.add_argument("--skipped", type=str, default=None,
+                        help="Write every skipped series and why to this CSV (kept if it exists, unless --overwrite).")
     _add_trainer_args(parser, {"devices": 1, "logger": False, "enable_checkpointing": False,
                                "enable_model_summary": False})
     cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    skipped = Path(cfg.skipped) if cfg.skipped else None
     try:
+        if skipped is not None:
+            if skipped.resolve() == Path(cfg.output).resolve():
+                raise ForecastError(f"--skipped {skipped} is also the --output; name another file")
+            _check_target(skipped, "--skipped file", bool(cfg.overwrite))
         summary = forecast(
             cfg.ckpt,
             cfg.input,
@@ -1409,15 +1529,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_workers=cfg.num_workers,
             trainer=_trainer_config(parser, cfg),
         )
-    except (ForecastError, ValueError, FileNotFoundError) as err:
-        if os.environ.get("TSATTN_DEBUG"):
-            raise
-        return _fail(prog, str(err) or type(err).__name__)
+    except _REPORTED as err:
+        return _report(prog, err)
     if summary is None:
         return 0  # not rank 0: the merge and the summary are rank 0's
     print(summary.format())
-    if cfg.skipped and summary.skipped:
-        pd.DataFrame(summary.skipped, columns=["unique_id", "cutoff", "reason"]).to_csv(cfg.skipped, index=False)
+    if skipped is not None:
+        try:
+            _write_skipped(summary.skipped, skipped, bool(cfg.overwrite))
+        except _REPORTED as err:
+            return _report(prog, err)
     if not summary.written:
         return _fail(prog, "no series could be forecast (see the reasons above)", code=1)
     return 0
