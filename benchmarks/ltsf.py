@@ -19,7 +19,9 @@ current batch, validates once more and the best validated weights so far are kep
 validating and testing take minutes themselves, training also stops when only the estimated time for a last
 validation and the test is left of ``--max-run-minutes`` (default 10), so that no run exceeds it. ``--missing``
 passes gaps through the DataModule's rule (e.g. ``ignore`` for trading days). A horizon the data is too short for
-is skipped with one line saying why.
+is skipped with one line saying why; when no horizon is left the script fails and writes nothing. Bad arguments and
+bad data (missing or empty file, non-numeric or missing values) fail up front, before any fit. ``--json`` is written
+atomically and refuses an existing file unless ``--overwrite`` is given.
 
 Models: ema (EMAAttentionForecaster), gam, hrnet, linear, naive, phase-ridge, ridge, ridge-cycle. ``--hparam ema.d_model=64``
 overrides a hyperparameter of one model (values parsed as Python literals). ``mse_vs_ridge`` is the test MSE over
@@ -34,6 +36,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -45,8 +48,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 
-from tsattn.atomic import atomic_path
+from tsattn.atomic import write_json
 from tsattn.data import SeriesDataModule
+from tsattn.data.frames import infer_period, read_series
 from tsattn.metrics import mean_se
 from tsattn.models import BestWeights, TestErrors
 
@@ -64,6 +68,7 @@ MODELS: dict[str, str] = {
 }
 DEFAULT_MODELS = ["ema", "ridge", "ridge-cycle"]
 DEFAULT_HORIZONS = [96, 192, 336, 720]
+SET_BY_SCRIPT = {"n_channels": "the CSV's columns", "lookback": "--lookback", "horizon": "--horizon"}
 
 
 def model_class(name: str) -> type | None:
@@ -90,13 +95,52 @@ def parse_hparams(items: list[str]) -> dict[str, dict[str, object]]:
         key, sep, raw = item.partition("=")
         model, dot, name = key.partition(".")
         if not sep or not dot or model not in MODELS:
-            raise SystemExit(f"--hparam expects MODEL.NAME=VALUE with MODEL in {sorted(MODELS)}, got {item!r}")
+            raise ValueError(f"expects MODEL.NAME=VALUE with MODEL in {sorted(MODELS)}, got {item!r}")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
         out.setdefault(model, {})[name] = value
     return out
+
+
+def hparam_problem(name: str, cls: type, hparams: dict[str, object]) -> str | None:
+    """A sentence on the first of *hparams* that ``cls`` does not take (values are checked by building the model,
+    `build_model`), or None."""
+    params = inspect.signature(cls).parameters
+    valid = [k for k, p in params.items() if k not in SET_BY_SCRIPT and p.kind is not p.VAR_KEYWORD]
+    for key in hparams:
+        if key in SET_BY_SCRIPT:
+            return f"{name}.{key} is set from {SET_BY_SCRIPT[key]}; drop the --hparam"
+        if key not in valid:
+            return f"{name} ({cls.__name__}) has no hyperparameter {key!r}; valid names: {', '.join(valid)}"
+    return None
+
+
+class ModelError(ValueError):
+    """A model's constructor rejected the data's shape or the --hparam values (`build_model`)."""
+
+
+def build_model(
+    name: str,
+    cls: type,
+    n_channels: int,
+    lookback: int,
+    horizon: int,
+    period: int | None,
+    hparams: dict[str, object],
+) -> L.LightningModule:
+    """The model of benchmark name *name* for the data's shape and the user's hyperparameters; a `ModelError`
+    naming the model and its --hparam values when the constructor rejects them."""
+    kwargs: dict[str, object] = {"n_channels": n_channels, "lookback": lookback, "horizon": horizon}
+    if "period" in inspect.signature(cls).parameters:
+        kwargs["period"] = period
+    kwargs.update(hparams)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as err:
+        given = " ".join(f"{name}.{k}={v!r}" for k, v in hparams.items()) or "no --hparam"
+        raise ModelError(f"{name} ({cls.__name__}) with {given} could not be built: {err}") from None
 
 
 class RunDeadline(Callback):
@@ -132,11 +176,7 @@ def run_one(
     """Fit, select and test one model on the DataModule's splits; returns the result row and the per-window test
     errors of the test pass (`TestErrors`)."""
     L.seed_everything(args.seed, verbose=False)
-    kwargs: dict[str, object] = {"n_channels": dm.n_channels, "lookback": dm.lookback, "horizon": dm.horizon}
-    if "period" in inspect.signature(cls).parameters:
-        kwargs["period"] = dm.period
-    kwargs.update(hparams)
-    model = cls(**kwargs)
+    model = build_model(name, cls, dm.n_channels, dm.lookback, dm.horizon, dm.period, hparams)
     learned = any(p.requires_grad for p in model.parameters())
     best, tested = BestWeights(), TestErrors()
     callbacks: list[Callback] = [best, tested]
@@ -203,6 +243,28 @@ def standard_error(values: torch.Tensor, block: int) -> float | None:
     return None if se is None else round(se, 5)
 
 
+def mse_ratio(mse: float, ridge_mse: float | None) -> float | None:
+    """Test MSE over that of the ridge; None where it is undefined (no ridge, a zero or non-finite MSE)."""
+    if ridge_mse is None or not (math.isfinite(mse) and math.isfinite(ridge_mse)) or ridge_mse <= 0:
+        return None
+    return round(mse / ridge_mse, 4)
+
+
+def json_problem(path: Path, overwrite: bool) -> str | None:
+    """Why results cannot be written to *path* (checked before any fit), or None."""
+    if path.is_dir():
+        return f"--json {path} is a folder; give a file path such as {path / 'results.json'}"
+    if path.exists() and not overwrite:
+        return f"--json {path} already exists; pass --overwrite to replace it, or choose another path"
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        return f"--json {path}: {folder} {what}; create the folder first or choose another path"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"--json {path}: the folder {folder} is not writable; choose another path"
+    return None
+
+
 def add_differences(rows: list[dict[str, object]], errors: dict[str, torch.Tensor], block: int) -> None:
     """Per row, the test MSE minus that of each closed-form reference run on the same windows, with the
     block-bootstrap standard error of that paired difference (``mse_diff_vs_ridge[_se]``, ``..._ridge_cycle``)."""
@@ -254,7 +316,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     parser.add_argument("--horizon", type=int, action="append", help="repeatable (default 96 192 336 720)")
     parser.add_argument("--model", action="append", choices=sorted(MODELS), help="repeatable (default ema ridge ridge-cycle)")
     parser.add_argument("--period", type=int, default=None, help="season in steps (default: inferred from the frequency)")
-    parser.add_argument("--json", type=Path, default=None, help="write the result rows here")
+    parser.add_argument("--json", type=Path, default=None, help="write the result rows here (a new file)")
+    parser.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--missing", default="error", choices=["error", "ffill", "interpolate", "ignore"],
                         help="gaps and NaNs in the CSV (SeriesDataModule's missing=)")
@@ -278,11 +341,51 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*returned `None`.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    horizons = args.horizon or DEFAULT_HORIZONS
+    horizons = list(dict.fromkeys(args.horizon or DEFAULT_HORIZONS))
     names = list(dict.fromkeys(args.model or DEFAULT_MODELS))
-    hparams = parse_hparams(args.hparam)
+    for flag, values, least in (
+        ("--lookback", [args.lookback], 1),
+        ("--horizon", horizons, 1),
+        ("--period", [] if args.period is None else [args.period], 1),
+        ("--threads", [] if args.threads is None else [args.threads], 1),
+        ("--batch-size", [args.batch_size], 1),
+        ("--max-epochs", [args.max_epochs], 0),
+        ("--patience", [args.patience], 0),
+        ("--max-fit-minutes", [args.max_fit_minutes], 0),
+        ("--max-run-minutes", [args.max_run_minutes], 0),
+    ):
+        bad = [v for v in values if not v >= least]  # `not >=` also catches a NaN
+        if bad:
+            parser.error(f"{flag} must be >= {least}, got {bad[0]}")
+    if args.json is not None and (problem := json_problem(args.json, args.overwrite)):
+        parser.error(problem)
+    try:
+        hparams = parse_hparams(args.hparam)
+    except ValueError as err:
+        parser.error(f"--hparam {err}")
+    if not Path(args.csv).is_file():
+        parser.error(f"--csv {args.csv}: file not found (resolved to {Path(args.csv).resolve()}); check the path")
+    try:  # problems of the whole file fail here, not as a skipped horizon each
+        series = read_series(args.csv, missing=args.missing)
+    except (ValueError, OSError) as err:
+        parser.error(f"--csv: {err}")
+    todo = ["ridge", *(n for n in names if n != "ridge")]  # the reference first, for mse_vs_ridge
+    for name, values in hparams.items():
+        cls = model_class(name)
+        if cls is None:
+            continue
+        if problem := hparam_problem(name, cls, values):
+            parser.error(f"--hparam {problem}")
+        if name in todo:  # built once now: a value its constructor rejects stops the run before any fit
+            period = args.period if args.period is not None else infer_period(series.freq)
+            try:
+                build_model(name, cls, series.n_channels, args.lookback, horizons[0], period, values)
+            except ModelError as err:
+                parser.error(f"--hparam {err}")
+        else:
+            log.warning("--hparam for %s, which is not run (add --model %s)", name, name)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     rows: list[dict[str, object]] = []
     dm = None
@@ -297,11 +400,10 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
                 missing=args.missing,
                 batch_size=args.batch_size,
             )
-        except (ValueError, FileNotFoundError) as err:  # bad or too short data: say so, go on with the others
+        except ValueError as err:  # the file is good (read above): too short for this horizon; go on
             emit(f"# horizon {horizon} skipped: {err}")
             continue
         ridge_row = None
-        todo = ["ridge", *(n for n in names if n != "ridge")]  # the reference first, for mse_vs_ridge
         errors: dict[str, torch.Tensor] = {}
         horizon_rows = []
         for name in todo:
@@ -309,10 +411,13 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
             if cls is None:
                 emit(f"# {name}: {MODELS[name]} is not available in tsattn.models yet; skipped")
                 continue
-            row, errors[name] = run_one(name, cls, dm, args, hparams.get(name, {}))
+            try:
+                row, errors[name] = run_one(name, cls, dm, args, hparams.get(name, {}))
+            except ModelError as err:  # a hyperparameter this horizon's model rejects
+                parser.exit(1, f"{parser.prog}: error: horizon {horizon}: --hparam {err}\n")
             if name == "ridge":
                 ridge_row = row
-            row["mse_vs_ridge"] = round(row["test_mse"] / ridge_row["test_mse"], 4) if ridge_row else None
+            row["mse_vs_ridge"] = mse_ratio(row["test_mse"], ridge_row["test_mse"] if ridge_row else None)
             if name in names:
                 horizon_rows.append(row)
         add_differences(horizon_rows, errors, dm.lookback + dm.horizon)
@@ -323,10 +428,19 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
                 emit(json.dumps(row))
     period = dm.period if dm is not None else args.period
     emit(f"# {Path(args.csv).name}, split {args.split}, lookback {args.lookback}, period {period}, seed {args.seed}")
+    if not rows:
+        why = "every horizon was skipped (the lines above say why)" if dm is None else "no model was available"
+        not_written = "" if args.json is None else f"; --json {args.json} was not written"
+        parser.exit(1, f"{parser.prog}: error: no result: {why}{not_written}\n")
     emit(format_table(rows))
     if args.json is not None:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(rows, indent=2))
+        try:
+            write_json(args.json, rows, replace=args.overwrite)  # a file that appeared meanwhile is kept
+        except FileExistsError:
+            parser.exit(1, f"{parser.prog}: error: {args.json} appeared during the run and was kept; rerun with "
+                        "--overwrite or another --json\n")
+        except OSError as err:
+            parser.exit(1, f"{parser.prog}: error: --json {args.json} was not written: {err}\n")
     return rows
 
 
