@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,28 +286,35 @@ def _parse_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
 
 def _to_float(df: pd.DataFrame, col: str, where: _Where, times: pd.Series) -> np.ndarray:
     raw = df[col]
+
+    def refuse(bad: np.ndarray, what: Callable[[int], str], fix: str) -> None:
+        """A ValueError naming the first cell flagged in *bad*, if any."""
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{where.name}: column '{col}' holds {what(i)} on {where.row(int(df[_ROW].iloc[i]))} "
+                f"(timestamp {times.iloc[i]}){fix}"
+            )
+
     if is_bool_dtype(raw) or is_numeric_dtype(raw):
         values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         num = pd.to_numeric(raw, errors="coerce")
-        bad = (num.isna() & raw.notna()).to_numpy()
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(
-                f"{where.name}: column '{col}' holds a non-numeric value {raw.iloc[i]!r} on "
-                f"{where.row(int(df[_ROW].iloc[i]))} (timestamp {times.iloc[i]}). Target columns must hold numbers: "
-                "fix the cell (or leave it empty for a missing value), or leave the column out with target_cols=[...]."
-            )
+        refuse(
+            (num.isna() & raw.notna()).to_numpy(),
+            lambda i: f"a non-numeric value {raw.iloc[i]!r}",
+            ". Target columns must hold numbers: fix the cell (or leave it empty for a missing value), or leave the "
+            "column out with target_cols=[...].",
+        )
         values = num.to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(invalid="ignore"):
         huge = np.isfinite(values) & (np.abs(values) > MAX_ABS_VALUE)
-    if huge.any():
-        i = int(np.argmax(huge))
-        raise ValueError(
-            f"{where.name}: column '{col}' holds {values[i]:g} on {where.row(int(df[_ROW].iloc[i]))} (timestamp "
-            f"{times.iloc[i]}), beyond the largest magnitude tsattn accepts ({MAX_ABS_VALUE:g}; models compute in "
-            "float32); fix the cell, or rescale the column (e.g. divide it by a power of ten)."
-        )
+    refuse(
+        huge,
+        lambda i: f"{values[i]:g}",
+        f", beyond the largest magnitude tsattn accepts ({MAX_ABS_VALUE:g}; models compute in float32); fix the cell, "
+        "or rescale the column (e.g. divide it by a power of ten).",
+    )
     return values
 
 
