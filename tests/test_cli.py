@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 import yaml
 
 from tsattn import cli
-from tsattn.cli import TsattnCLI, main
+from tsattn.cli import TsattnCLI, _drop_lightning_tips, main
 from tsattn.data import SeriesDataModule
 from tsattn.forecast import load_checkpoint
 from tsattn.metrics import mean_se
@@ -289,6 +290,17 @@ def test_unwritable_run_folder_one_line(wide_csv, tmp_path, capsys):
         main(fit_args(wide_csv, tmp_path / "file" / "run", "--model", "Naive"))
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("tsattn: error:") and "file/run" in line and "Not a directory" in line
+
+
+def test_lightning_tips_are_dropped(caplog):
+    from lightning.pytorch.utilities import rank_zero_info
+
+    _drop_lightning_tips()
+    _drop_lightning_tips()  # idempotent: one filter
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        rank_zero_info("💡 Tip: install something")
+        rank_zero_info("GPU available: False")
+    assert "Tip" not in caplog.text and "GPU available" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ bad arguments

@@ -587,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown model name) are printed as one line; set ``TSATTN_DEBUG=1`` for the traceback.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    _drop_lightning_tips()
     if args and args[0] in EXTRA_COMMANDS:
         code = _resolve_command(EXTRA_COMMANDS[args[0]])(args[1:])
         return int(code or 0)
@@ -597,6 +598,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _fail(_message(exc))
     return 0
+
+
+def _drop_lightning_tips() -> None:
+    """Lightning logs an advertisement ("💡 Tip: ... litlogger") for every Trainer; the commands' output omits it."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _TipFilter) for f in rank_zero.filters):
+        rank_zero.addFilter(_TipFilter())
+
+
+class _TipFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
 
 
 def _message(exc: Exception) -> str:
