@@ -363,8 +363,6 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
         hparams = parse_hparams(args.hparam)
     except ValueError as err:
         parser.error(f"--hparam {err}")
-    if not Path(args.csv).is_file():
-        parser.error(f"--csv {args.csv}: file not found (resolved to {Path(args.csv).resolve()}); check the path")
     try:  # problems of the whole file fail here, not as a skipped horizon each
         series = read_series(args.csv, missing=args.missing)
     except (ValueError, OSError) as err:
