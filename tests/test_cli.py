@@ -311,7 +311,7 @@ BAD = {
     "unknown model": (["--model", "Linearr"], "unknown model 'Linearr'"),
     "unknown compare model": (["--compare", "Naive", "Nope"], "unknown model 'Nope'"),
     "bad model argument": (["--model.quantiles", "[0.1,1.5]"], "quantiles must be levels strictly between 0 and 1"),
-    "bad period": (["--data.period", "0"], "period must be a positive integer or None, got 0"),
+    "bad period": (["--data.period", "0", "--model", "Linear"], "period must be an integer >= 1, got 0"),
     "folder as data": (["--data.path", "{tmp}"], "is a folder"),
     "bad cut": (["--data.split", "time", "--data.val_start", "soon"], "val_start='soon' is not a timestamp"),
 }

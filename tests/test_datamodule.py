@@ -246,6 +246,7 @@ def test_time_split_without_room(wide_frame):
         ({"scaler": "minmax"}, "scaler='minmax' is not known; use one of standard, robust, none"),
         ({"val_start": "2024-01-03"}, "pass split='time'"),
         ({"lookback": 0}, "lookback must be an integer >= 1"),
+        ({"period": 0}, "period must be an integer >= 1, got 0"),
         ({"ratios": (0.8, 0.3, 0.1)}, "must be three non-negative shares"),
     ],
 )

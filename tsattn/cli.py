@@ -615,7 +615,8 @@ class _TipFilter(logging.Filter):
 def _message(exc: Exception) -> str:
     """One line for an error: an OS error on a path (unwritable run folder, missing file) names the path."""
     if isinstance(exc, OSError) and exc.filename is not None:
-        hint = "; choose a writable location (e.g. --trainer.default_root_dir)" if isinstance(exc, PermissionError) else ""
+        unwritable = isinstance(exc, PermissionError | NotADirectoryError)
+        hint = "; choose a writable location (e.g. --trainer.default_root_dir)" if unwritable else ""
         return f"{exc.filename}: {exc.strerror or type(exc).__name__}{hint}"
     text = str(exc)
     if text.startswith("Does not validate against any of the Union subtypes"):

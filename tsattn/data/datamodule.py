@@ -94,6 +94,7 @@ class SeriesDataModule(L.LightningDataModule):
             ("eval_stride", eval_stride, 1),
             ("batch_size", batch_size, 1),
             ("num_workers", num_workers, 0),
+            ("period", 1 if period is None else period, 1),
         ):
             if int(value) != value or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
