@@ -36,7 +36,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import sys
 import time
 import warnings
@@ -51,6 +50,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 from tsattn.atomic import write_json
 from tsattn.data import SeriesDataModule
 from tsattn.data.frames import infer_period, read_series
+from tsattn.forecast import check_new_file
 from tsattn.metrics import mean_se
 from tsattn.models import BestWeights, TestErrors
 
@@ -250,21 +250,6 @@ def mse_ratio(mse: float, ridge_mse: float | None) -> float | None:
     return round(mse / ridge_mse, 4)
 
 
-def json_problem(path: Path, overwrite: bool) -> str | None:
-    """Why results cannot be written to *path* (checked before any fit), or None."""
-    if path.is_dir():
-        return f"--json {path} is a folder; give a file path such as {path / 'results.json'}"
-    if path.exists() and not overwrite:
-        return f"--json {path} already exists; pass --overwrite to replace it, or choose another path"
-    folder = path.parent
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        return f"--json {path}: {folder} {what}; create the folder first or choose another path"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"--json {path}: the folder {folder} is not writable; choose another path"
-    return None
-
-
 def add_differences(rows: list[dict[str, object]], errors: dict[str, torch.Tensor], block: int) -> None:
     """Per row, the test MSE minus that of each closed-form reference run on the same windows, with the
     block-bootstrap standard error of that paired difference (``mse_diff_vs_ridge[_se]``, ``..._ridge_cycle``)."""
@@ -357,8 +342,11 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
         bad = [v for v in values if not v >= least]  # `not >=` also catches a NaN
         if bad:
             parser.error(f"{flag} must be >= {least}, got {bad[0]}")
-    if args.json is not None and (problem := json_problem(args.json, args.overwrite)):
-        parser.error(problem)
+    if args.json is not None:
+        try:
+            check_new_file(args.json, "--json", args.overwrite)
+        except ValueError as err:
+            parser.error(str(err))
     try:
         hparams = parse_hparams(args.hparam)
     except ValueError as err:

@@ -57,7 +57,6 @@ from tsattn.forecast import (
     _add_common_args,
     _add_trainer_args,
     _check_output,
-    _check_target,
     _Context,
     _context,
     _header,
@@ -71,6 +70,7 @@ from tsattn.forecast import (
     _trainer_config,
     _trainer_parser,
     _writing,
+    check_new_file,
     load_checkpoint,
 )
 from tsattn.metrics import coverage, mae, mse, pinball_loss, smape
@@ -584,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for out in outputs:
             _check_output(out, overwrite)
         if cfg.plot:
-            _check_target(Path(cfg.plot), "plot", overwrite)
+            check_new_file(Path(cfg.plot), "plot", overwrite)
         result = backtest(
             cfg.ckpt, cfg.input, windows=cfg.windows, step=cfg.step, refit=bool(cfg.refit), id_col=cfg.id_col,
             time_col=cfg.time_col, missing=cfg.missing, model=cfg.model, batch_size=cfg.batch_size, seed=cfg.seed,

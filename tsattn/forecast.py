@@ -78,6 +78,7 @@ __all__ = [
     "ForecastWriter",
     "LoadedCheckpoint",
     "OutputExistsError",
+    "check_new_file",
     "forecast",
     "load_checkpoint",
     "main",
@@ -1242,8 +1243,9 @@ def _check_writable(folder: Path, what: str) -> None:
     os.unlink(probe)
 
 
-def _check_target(path: Path, what: str, overwrite: bool) -> None:
-    """Refuse up front a file to write that is a folder, exists (unless *overwrite*) or cannot be written."""
+def check_new_file(path: Path, what: str, overwrite: bool) -> None:
+    """Refuse up front (a ForecastError naming *what*) a file to write that is a folder, exists (unless
+    *overwrite*) or cannot be written; a missing folder is fine (it is made)."""
     if path.is_dir():
         raise ForecastError(f"{what} {path} is a directory; name a file")
     if path.exists() and not overwrite:
@@ -1256,7 +1258,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise ForecastError(f"output {output} must end in .csv or .parquet")
     if output.is_dir():
         raise ForecastError(f"output {output} is a directory; name a .csv or .parquet file")
-    _check_target(output, "output", overwrite)
+    check_new_file(output, "output", overwrite)
 
 
 def _check_plot_dir(plot_dir: Path) -> None:
@@ -1512,7 +1514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if skipped is not None:
             if skipped.resolve() == Path(cfg.output).resolve():
                 raise ForecastError(f"--skipped {skipped} is also the --output; name another file")
-            _check_target(skipped, "--skipped file", bool(cfg.overwrite))
+            check_new_file(skipped, "--skipped file", bool(cfg.overwrite))
         summary = forecast(
             cfg.ckpt,
             cfg.input,
