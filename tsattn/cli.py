@@ -294,7 +294,6 @@ class TsattnCLI(LightningCLI):
         outputs = self.trainer.predict(model, datamodule=datamodule, **{**kwargs, "return_predictions": True})
         frame = _predictions_frame(model, datamodule, outputs or [])
         path = self._run_dir() / "predictions.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False)
         print(f"predictions: {path} ({len(frame)} rows)")
@@ -445,8 +444,6 @@ def _number(value: float) -> str:
     if abs(value) < 1e6 or math.isnan(value):
         return f"{value:.4f}"
     return f"{value:.0f}" if abs(value) < 1e10 else f"{value:.4e}"
-
-
 
 
 @torch.no_grad()

@@ -88,7 +88,9 @@ def _cut(name: str, value: str | pd.Timestamp | None) -> pd.Timestamp | None:
     try:
         return None if value is None else pd.Timestamp(value)
     except (ValueError, TypeError):
-        raise ValueError(f"{name}={value!r} is not a timestamp; give one such as '2024-03-01' or '2024-03-01 12:00'") from None
+        raise ValueError(
+            f"{name}={value!r} is not a timestamp; give one such as '2024-03-01' or '2024-03-01 12:00'"
+        ) from None
 
 
 def time_borders(
