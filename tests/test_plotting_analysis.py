@@ -242,6 +242,9 @@ def test_plot_model_comparison_panels():
     fig = plot_model_comparison(table, log_columns=["params"], title="cmp")
     assert [ax.get_title() for ax in fig.axes] == ["test_mse", "params"]
     assert fig.axes[1].get_xscale() == "log"
+    fig.canvas.draw()
+    shown = [t.get_text() for t in fig.axes[1].get_xticklabels() if t.get_text()]
+    assert shown and all("times" not in t and "^" not in t for t in shown)  # plain numbers, no 10^k mathtext
     np.testing.assert_allclose([p.get_width() for p in fig.axes[0].patches], table["test_mse"])
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["ema", "gam", "naive"]
     multi = table.copy()

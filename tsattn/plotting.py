@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import matplotlib.dates as mdates
+import matplotlib.ticker as mticker
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -412,12 +413,21 @@ def plot_model_comparison(
     y = np.arange(len(labels))
     colors = [f"C{i % 10}" for i in range(len(labels))]
     for ax, column in zip(axes, cols, strict=True):
-        ax.barh(y, _as_array(table[column]), color=colors)
+        values = _as_array(table[column])
+        ax.barh(y, values, color=colors)
         ax.set_yticks(y, labels if ax is axes[0] else [""] * len(labels), fontsize=8)
         ax.invert_yaxis()
         ax.set_title(str(column), fontsize=9)
         if column in log_columns:
             ax.set_xscale("log")
+            # plain labels: at 1, 2 and 5 times powers of ten, or three evenly spaced ones within a decade
+            positive = values[values > 0]
+            narrow = positive.size and positive.max() < 10 * positive.min()
+            ax.xaxis.set_major_locator(
+                mticker.MaxNLocator(nbins=3) if narrow else mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+            )
+            ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(mticker.NullFormatter())
         ax.grid(alpha=0.3, axis="x")
     if title:
         fig.suptitle(title)
