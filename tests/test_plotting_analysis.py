@@ -245,6 +245,12 @@ def test_plot_model_comparison_panels():
     fig.canvas.draw()
     shown = [t.get_text() for t in fig.axes[1].get_xticklabels() if t.get_text()]
     assert shown and all("times" not in t and "^" not in t for t in shown)  # plain numbers, no 10^k mathtext
+    narrow = plot_model_comparison(table.assign(us=[115.0, 262.0, 170.0]), columns=["us"], log_columns=["us"])
+    narrow.canvas.draw()
+    ax = narrow.axes[0]
+    lo, hi = ax.get_xlim()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert 2 <= len(shown) <= 4 and all("^" not in t for t in shown)  # a few readable labels within a decade
     np.testing.assert_allclose([p.get_width() for p in fig.axes[0].patches], table["test_mse"])
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["ema", "gam", "naive"]
     multi = table.copy()
