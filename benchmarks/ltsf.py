@@ -132,15 +132,18 @@ def build_model(
 ) -> L.LightningModule:
     """The model of benchmark name *name* for the data's shape and the user's hyperparameters; a `ModelError`
     naming the model and its --hparam values when the constructor rejects them."""
+    params = inspect.signature(cls).parameters
     kwargs: dict[str, object] = {"n_channels": n_channels, "lookback": lookback, "horizon": horizon}
-    if "period" in inspect.signature(cls).parameters:
+    if "period" in params:
         kwargs["period"] = period
     kwargs.update(hparams)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, RuntimeError) as err:
         given = " ".join(f"{name}.{k}={v!r}" for k, v in hparams.items()) or "no --hparam"
-        raise ModelError(f"{name} ({cls.__name__}) with {given} could not be built: {err}") from None
+        types = [f"{k}: {p.annotation}" for k, p in params.items() if k in hparams and p.annotation is not p.empty]
+        expected = f" (the types it takes: {', '.join(types)})" if types else ""
+        raise ModelError(f"{name} ({cls.__name__}) with {given} could not be built: {err}{expected}") from None
 
 
 class RunDeadline(Callback):

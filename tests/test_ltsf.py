@@ -183,7 +183,7 @@ def test_json_that_appears_during_the_run_is_not_replaced(csv, tmp_path, capsys:
     [
         ("ridge.alphaa=1.0", "ridge (Ridge) has no hyperparameter 'alphaa'; valid names: alpha,"),
         ("ridge.alpha='abc'", "ridge (Ridge) with ridge.alpha='abc' could not be built"),
-        ("ema.d_model='abc'", "ema (EMAAttentionForecaster) with ema.d_model='abc' could not be built"),
+        ("ema.d_model='abc'", "(the types it takes: d_model: int)"),
         ("ridge.horizon=3", "ridge.horizon is set from --horizon"),
         ("ridge", "--hparam expects MODEL.NAME=VALUE"),
     ],
