@@ -233,16 +233,12 @@ def _naive_scale(values: np.ndarray, p: int, season: int) -> np.ndarray | None:
     return np.mean(np.abs(values[season:p] - values[: p - season]), axis=0)
 
 
-def _scaled_errors(values: np.ndarray, p: int, actual: np.ndarray, pred: np.ndarray, season: int) -> np.ndarray:
-    """|actual - pred| / (in-sample MAE of the seasonal naive forecast on rows [0, p)): (H, C); NaN if undefined.
+def _scale_errors(actual: np.ndarray, pred: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """|actual - pred| / *scale* (`_naive_scale`): (H, C); NaN where undefined.
 
     The same quantity :func:`tsattn.metrics.mase` averages, kept per step so it can be reported per step. Undefined:
-    at most ``season`` history rows, or a zero scale (a constant history) in that channel.
+    at most ``season`` history rows (*scale* None), or a zero scale (a constant history) in that channel.
     """
-    return _scale_errors(actual, pred, _naive_scale(values, p, season))
-
-
-def _scale_errors(actual: np.ndarray, pred: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
     if scale is None:
         return np.full(actual.shape, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
