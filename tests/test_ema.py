@@ -177,6 +177,23 @@ def test_gradcheck_float64(method: str) -> None:
         )
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_one_step_sequences(method: str) -> None:
+    """A sequence of one step is its own EMA, and its decay gradient is zero (with and without a state)."""
+    x = torch.randn(4, 1, 3, dtype=torch.float64, requires_grad=True)
+    lam = torch.tensor([0.3, 0.8, 0.97], dtype=torch.float64, requires_grad=True)
+    y = ema(x, lam, method=method)
+    torch.testing.assert_close(y, x)
+    grad_x, grad_lam = torch.autograd.grad(y.sum(), (x, lam))
+    torch.testing.assert_close(grad_x, torch.ones_like(x))
+    torch.testing.assert_close(grad_lam, torch.zeros_like(lam))
+    value = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.ones(4, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda x, lam, v: ema(x, lam, state=EMAState(v, weight), method=method), (x, lam, value)
+    )
+
+
 @pytest.mark.parametrize("block", [1, 5, 40, 100])
 def test_decay_gradient_in_blocks(block: int, monkeypatch) -> None:
     """The decay gradient summed in blocks (time steps of one row, whole rows, all rows) is exact, also twice

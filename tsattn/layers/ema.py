@@ -152,7 +152,7 @@ def _channel_sum(g: Tensor, u: Tensor, v: Tensor | None = None) -> Tensor:
     B, T, C = g.shape
     budget = _BLOCK if g.device.type == "cpu" else g.numel()
     rows = max(1, min(B, budget // max(1, T * C)))
-    steps = T if rows > 1 else max(1, min(T, budget // max(1, C)))
+    steps = max(1, T) if rows > 1 else max(1, min(T, budget // max(1, C)))  # T = 0: no steps, no blocks
     inplace = not torch.is_grad_enabled()  # without a double-backward graph the temporaries can be reused
     total = None
     for b0 in range(0, B, rows):
