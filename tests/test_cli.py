@@ -104,7 +104,8 @@ def test_fit_wide_csv_flagship(wide_frame, tmp_path, capsys):
     with torch.no_grad():
         yhat = model.predict_step(batch, 0)["yhat"]
     assert yhat.shape == (1, 6, 3) and torch.isfinite(yhat).all()
-    last = torch.tensor(new[["x0", "x1", "x2"]].to_numpy()[-1], dtype=torch.float32)
+    assert yhat.dtype == torch.float64  # original units keep their digits at any level
+    last = torch.tensor(new[["x0", "x1", "x2"]].to_numpy()[-1], dtype=torch.float64)
     assert torch.allclose(yhat[0].mean(0), last, atol=3.0)  # original units (channel levels 0, 10, 20)
 
 

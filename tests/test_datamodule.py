@@ -45,7 +45,7 @@ def test_batch_keys_shapes_dtypes(wide_frame):
         assert batch["series_idx"].shape == (b,) and batch["series_idx"].dtype == torch.int64
         assert batch["time_idx"].shape == (b,) and batch["time_idx"].dtype == torch.int64
         assert batch["loc"].shape == batch["scale"].shape == (b, 1, 3)
-        assert batch["loc"].dtype == batch["scale"].dtype == torch.float32
+        assert batch["loc"].dtype == batch["scale"].dtype == torch.float64  # original units in float64
     pred = next(iter(dm.predict_dataloader()))
     assert set(pred) == KEYS - {"future"} and pred["past"].shape == (1, 12, 3)
     # Ratio split of 200 rows: train 140, test 40, val 20.
@@ -110,8 +110,8 @@ def test_property_inverse_round_trip(lengths, scaler, seed, long_frame):
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         batch = next(iter(loader))
         whole = torch.cat([batch["past"], batch["future"]], dim=1)  # (B, L + H, C)
-        back = dm.inverse_transform(whole, batch["series_idx"])
-        torch.testing.assert_close(back, whole * batch["scale"] + batch["loc"], rtol=1e-5, atol=1e-4)
+        back = dm.inverse_transform(whole, batch["series_idx"])  # in the dtype of whole
+        torch.testing.assert_close(back, (whole * batch["scale"] + batch["loc"]).float(), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(dm.transform(back, batch["series_idx"]), whole, rtol=1e-4, atol=1e-4)
         for k, values in enumerate(originals):
             mine = (batch["series_idx"] == k).numpy()

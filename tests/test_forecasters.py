@@ -11,10 +11,13 @@ import importlib
 import inspect
 
 import lightning as L
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from tsattn.data import SeriesDataModule
+from tsattn.models import Naive
 
 LOOKBACK, HORIZON, CHANNELS, BATCH = 16, 4, 2, 16
 QUANTILES = [0.1, 0.5, 0.9]
@@ -132,3 +135,18 @@ def test_forecaster_contract(name: str, quantiles: list[float] | None, wide_fram
         assert first.keys() == second.keys()
         for key in first:
             assert torch.equal(first[key], second[key]), key
+
+
+def test_predictions_keep_the_digits_of_a_large_level(tmp_path) -> None:
+    """A series at 1e8 with a cycle of a few units: forecasts in original units are not rounded to float32's steps
+    of 8 there (the Naive forecast is the last value, exactly)."""
+    steps = np.arange(200)
+    values = 1e8 + 9 + np.round(np.sin(2 * np.pi * steps / 24), 3)
+    frame = pd.DataFrame({"date": pd.date_range("2024-01-01", periods=200, freq="h"), "meter": values})
+    dm = SeriesDataModule(frame=frame, lookback=LOOKBACK, horizon=HORIZON, batch_size=BATCH)
+    model = Naive(n_channels=1, lookback=LOOKBACK, horizon=HORIZON)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    yhat = torch.cat([o["yhat"] for o in trainer.predict(model, datamodule=dm)])
+    assert yhat.dtype == torch.float64
+    np.testing.assert_allclose(yhat.numpy()[0, :, 0], values[-1], rtol=0, atol=1e-6)
+

@@ -198,7 +198,7 @@ class _Collector(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
         self.rows.append((batch["fold"].cpu().numpy(), prediction["series_idx"].cpu().numpy(),
-                          prediction["yhat"].detach().float().cpu().numpy()))
+                          prediction["yhat"].detach().double().cpu().numpy()))
 
 
 def _predict(model: L.LightningModule, parts: list[tuple[int, SeriesDataModule]], batch_size: int,

@@ -1070,7 +1070,7 @@ class ForecastWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         meta: _BatchMeta = batch["meta"]
-        yhat = prediction["yhat"].detach().float().cpu().numpy()
+        yhat = prediction["yhat"].detach().double().cpu().numpy()
         quantiles = getattr(pl_module, "quantiles", None)
         table = tidy_forecasts(yhat, meta.uid, meta.ds, meta.cutoff, self.target_cols, quantiles,
                                getattr(pl_module, "median_index", 0))

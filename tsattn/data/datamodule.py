@@ -186,8 +186,9 @@ class SeriesDataModule(L.LightningDataModule):
                 "values": torch.from_numpy(self._scaled()),  # (N, C)
                 "offsets": torch.from_numpy(self._offsets[:-1].copy()),  # (S,)
                 "t0": torch.from_numpy(self._t0.copy()),  # (S,)
-                "loc": torch.from_numpy(self.loc[:, None, :].astype(np.float32)),  # (S, 1, C)
-                "scale": torch.from_numpy(self.scale[:, None, :].astype(np.float32)),  # (S, 1, C)
+                # float64: a float32 level of 1e8 would round every forecast to steps of 8 in original units
+                "loc": torch.from_numpy(self.loc[:, None, :].astype(np.float64)),  # (S, 1, C)
+                "scale": torch.from_numpy(self.scale[:, None, :].astype(np.float64)),  # (S, 1, C)
             }
         return self._store
 
@@ -196,8 +197,8 @@ class SeriesDataModule(L.LightningDataModule):
         if self._store is None:
             return
         self._store["values"].copy_(torch.from_numpy(self._scaled()))
-        self._store["loc"].copy_(torch.from_numpy(self.loc[:, None, :].astype(np.float32)))
-        self._store["scale"].copy_(torch.from_numpy(self.scale[:, None, :].astype(np.float32)))
+        self._store["loc"].copy_(torch.from_numpy(self.loc[:, None, :]))
+        self._store["scale"].copy_(torch.from_numpy(self.scale[:, None, :]))
 
     def _dataset(self, stage: str) -> WindowDataset:
         if stage not in self._datasets:

@@ -223,7 +223,8 @@ class Forecaster(L.LightningModule):
         return torch.cat(errors) if errors else torch.zeros(0, dtype=torch.float64)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        """Forecasts in original units: dict of yhat (B, H, C[, Q]), series_idx (B,), time_idx (B,)."""
+        """Forecasts in original units: dict of yhat (B, H, C[, Q]; float64 when the batch has loc and scale),
+        series_idx (B,), time_idx (B,)."""
         pred = self._check_finite(self(batch["past"], batch.get("time_idx")), "predict")
         if "scale" in batch:
             scale, loc = batch["scale"], batch["loc"]
