@@ -150,3 +150,18 @@ def test_predictions_keep_the_digits_of_a_large_level(tmp_path) -> None:
     assert yhat.dtype == torch.float64
     np.testing.assert_allclose(yhat.numpy()[0, :, 0], values[-1], rtol=0, atol=1e-6)
 
+
+def test_quantiles_given_out_of_order_reload(wide_frame, tmp_path) -> None:
+    """Quantile levels are used sorted; a checkpoint saved with them out of order loads back (the CLI's test step)."""
+    cls = _forecaster_class("Linear")
+    model, trainer, dm = _fit(cls, {}, [0.9, 0.1, 0.5], wide_frame(n=160, channels=CHANNELS, freq="D"), tmp_path)
+    assert model.quantiles == [0.1, 0.5, 0.9]
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = cls.load_from_checkpoint(path)
+    assert loaded.quantiles == [0.1, 0.5, 0.9]
+    batch = next(iter(dm.val_dataloader()))
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(batch["past"], batch["time_idx"]), model(batch["past"], batch["time_idx"]))

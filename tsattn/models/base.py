@@ -111,7 +111,10 @@ class Forecaster(L.LightningModule):
             )
         mine = {"n_channels": self.n_channels, "lookback": self.lookback, "horizon": self.horizon,
                 "quantiles": self.quantiles}
-        differ = [f"{k} {saved[k]!r} (here {v!r})" for k, v in mine.items() if k in saved and saved[k] != v]
+        theirs = dict(saved)
+        if theirs.get("quantiles") is not None:  # saved as given; the model uses them sorted
+            theirs["quantiles"] = sorted(float(q) for q in theirs["quantiles"])
+        differ = [f"{k} {saved[k]!r} (here {v!r})" for k, v in mine.items() if k in theirs and theirs[k] != v]
         if differ:
             raise ValueError(
                 f"the checkpoint's {type(self).__name__} was trained with {', '.join(differ)}; build the model and "
