@@ -6,6 +6,7 @@ a temporary folder; every CLI run is in-process except the two-process test.
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
 from pathlib import Path
@@ -173,6 +174,23 @@ def test_bad_and_short_series_are_reported_and_skipped(tmp_path, capsys, linear_
     assert "10 rows" in reasons["short"] and f"lookback={LOOKBACK}" in reasons["short"]
     assert "empty" in reasons["empty.csv"] and "no data rows" in reasons["header_only.csv"]
     assert "skipped 6" in out and all(uid in out for uid in reasons)
+
+
+def test_files_that_are_not_comma_separated_utf8_are_skipped_with_the_reason(tmp_path, capsys, linear_ckpt):
+    data = tmp_path / "data"
+    data.mkdir()
+    frame = make_wide_frame(60, 2)
+    frame.to_csv(data / "good.csv", index=False)
+    (data / "packed.csv").write_bytes(gzip.compress(frame.to_csv(index=False).encode()))
+    frame.to_csv(data / "semi.csv", index=False, sep=";")
+    frame.rename(columns={"date": "désignation"}).to_csv(data / "excel.csv", index=False, encoding="latin-1")
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", data, "--output", tmp_path / "f.csv",
+                         "--skipped", tmp_path / "skipped.csv")
+    assert code == 0, err
+    reasons = dict(pd.read_csv(tmp_path / "skipped.csv")[["unique_id", "reason"]].to_numpy())
+    assert set(reasons) == {"packed.csv", "semi.csv", "excel.csv"}
+    assert "gzip-compressed" in reasons["packed.csv"] and "separated by another character" in reasons["semi.csv"]
+    assert "not UTF-8 text" in reasons["excel.csv"]
 
 
 def test_no_overwrite_and_atomic_write(tmp_path, capsys, linear_ckpt, monkeypatch):

@@ -177,6 +177,43 @@ def _rows(values, times=HOURS):
     return "".join(f"{t},{v}\n" for t, v in zip(times, values, strict=False))
 
 
+def test_saved_index_column_left_out(tmp_path, wide_frame, caplog):
+    df = wide_frame(30, channels=2)
+    df.to_csv(tmp_path / "indexed.csv")  # pandas' default: the row numbers first, under an empty header
+    with caplog.at_level("WARNING", logger="tsattn.data.frames"):
+        sf = read_series(tmp_path / "indexed.csv")
+    assert sf.target_cols == ["x0", "x1"]
+    assert "indexed.csv: left out column 1, without a name and holding the row numbers" in caplog.text
+    df.insert(0, "", np.linspace(5.0, 6.0, 30))  # an unnamed column of values is a series like any other
+    df.to_csv(tmp_path / "unnamed.csv", index=False)
+    assert read_series(tmp_path / "unnamed.csv").target_cols == ["Unnamed: 0", "x0", "x1"]
+
+
+def test_errors_for_files_that_are_not_comma_separated_utf8(tmp_path, wide_frame):
+    df = wide_frame(30, channels=2).rename(columns={"x0": "température"})
+    df.to_csv(tmp_path / "excel.csv", index=False, encoding="latin-1")
+    with pytest.raises(ValueError, match=r"^excel\.csv: not UTF-8 text \(byte 0xe9 at byte \d+\); save it as UTF-8"):
+        read_series(tmp_path / "excel.csv")
+    df.to_csv(tmp_path / "packed.csv.gz", index=False)
+    assert read_series(tmp_path / "packed.csv.gz").target_cols == ["température", "x1"]  # named .gz: read as gzip
+    (tmp_path / "packed.csv").write_bytes((tmp_path / "packed.csv.gz").read_bytes())
+    with pytest.raises(ValueError, match=r"^packed\.csv: a gzip-compressed file, not text; decompress it first"):
+        read_series(tmp_path / "packed.csv")
+    df.to_csv(tmp_path / "semi.csv", index=False, sep=";")
+    with pytest.raises(ValueError, match=r"^semi\.csv: the header is one field, .*separated by ';'"):
+        read_series(tmp_path / "semi.csv")
+
+
+def test_numbers_written_with_separators_get_a_hint(tmp_path, wide_frame, caplog):
+    df = wide_frame(30, channels=2)
+    df["x0"] = [f"{v:,.2f}" for v in df["x0"] * 1000 + 5000]  # '5,123.45'
+    with caplog.at_level("WARNING", logger="tsattn.data.frames"):
+        assert read_series(df).target_cols == ["x1"]
+    assert "skipping non-numeric columns ['x0']. Column(s) ['x0'] hold numbers written with separators" in caplog.text
+    with pytest.raises(ValueError, match=r"non-numeric value '5,\d{3}\.\d\d'.*hold numbers written with separators"):
+        read_series(df, target_cols=["x0", "x1"])
+
+
 def test_error_missing_file(tmp_path):
     with pytest.raises(ValueError, match=r"nope\.csv: file not found") as info:
         read_series(tmp_path / "nope.csv")
@@ -248,6 +285,32 @@ def test_error_unparseable_timestamp(tmp_path):
     msg = str(info.value)
     assert "bad.csv" in msg and "column 'date'" in msg and "line 5" in msg and "'2024-13-45 99:00'" in msg
     assert "not a timestamp" in msg
+
+
+@pytest.mark.parametrize("fmt", ["%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y %H:%M", "%Y-%m-%d"])
+def test_day_and_month_order_read_from_the_whole_column(tmp_path, fmt):
+    days = pd.date_range("2024-01-01", periods=40, freq="D")  # days 1-12 read either way; 13 onwards tell them apart
+    path = _csv(tmp_path, "date,a\n" + _rows(range(40), list(days.strftime(fmt))))
+    sf = read_series(path)
+    assert sf.freq == "D" and len(sf.frame) == 40
+    assert (pd.DatetimeIndex(sf.frame["ds"]) == days).all()
+
+
+def test_error_day_and_month_order_mixed(tmp_path):
+    days = pd.date_range("2024-01-01", periods=40, freq="D")
+    times = list(days[:20].strftime("%d/%m/%Y")) + list(days[20:].strftime("%m/%d/%Y"))  # no one order reads both
+    path = _csv(tmp_path, "date,a\n" + _rows(range(40), times))
+    with pytest.raises(ValueError) as info:
+        read_series(path)
+    msg = str(info.value)
+    assert "bad.csv: column 'date' mixes time formats" in msg and "'02/01/2024' on line 3" in msg
+    assert "2024-02-01 month first or 2024-01-02 day first" in msg and "ISO" in msg
+
+
+def test_iso_times_with_mixed_offsets_read_in_utc(tmp_path):
+    times = ["2024-03-30 22:00:00+01:00", "2024-03-30 23:00:00+01:00", "2024-03-31 01:00:00+02:00"]
+    sf = read_series(_csv(tmp_path, "date,a\n" + _rows(range(3), times)))
+    assert list(sf.frame["ds"]) == list(pd.date_range("2024-03-30 21:00", periods=3, freq="h"))
 
 
 def test_error_empty_timestamp(tmp_path):

@@ -10,6 +10,7 @@ from tsattn.data.frames import (
     SeriesFrame,
     check_length,
     infer_period,
+    not_text,
     read_series,
     time_index,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "fit_scaler",
     "infer_period",
     "min_rows",
+    "not_text",
     "ratio_borders",
     "read_series",
     "split_borders",

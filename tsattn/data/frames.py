@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import pandas as pd
 from pandas.api.types import (
     is_bool_dtype,
     is_datetime64_any_dtype,
+    is_integer_dtype,
     is_numeric_dtype,
 )
 from pandas.tseries.frequencies import to_offset
@@ -43,6 +45,7 @@ __all__ = [
     "SeriesFileNotFoundError",
     "check_length",
     "infer_period",
+    "not_text",
     "read_series",
     "time_index",
 ]
@@ -51,6 +54,11 @@ log = logging.getLogger(__name__)
 
 MISSING_POLICIES = ("error", "ffill", "interpolate", "ignore")
 _TIME_NAMES = ("ds", "date", "datetime", "timestamp", "time", "date_time", "timestamps")
+_UNNAMED = re.compile(r"Unnamed: \d+")  # pandas' name for a column with an empty header
+_EXTENSIONS = {"gzip": "gz", "zip": "zip", "bzip2": "bz2", "xz": "xz", "zstd": "zst"}
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"(\xb5/\xfd": "zstd"}
+# numbers written for people: thousands separators, a currency or a percent sign ('10,012.57', '$1,234', '12 %')
+_FORMATTED = r"\s*[-+]?[$€£]?\s*\d{1,3}(?:[,\s\']\d{3})+(?:\.\d+)?\s*%?\s*|\s*[-+]?\d+(?:\.\d+)?\s*%\s*"
 _ROW = "__tsattn_row__"  # where each row came from, kept only while validating (for error messages)
 _DAY_NS = 86_400_000_000_000
 _MINUTE_NS = 60_000_000_000
@@ -189,6 +197,15 @@ def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tup
             raise ValueError(
                 f"{path.name}: not a readable CSV file ({err}). Check the separator and quoting."
             ) from None
+        except UnicodeDecodeError as err:
+            raise ValueError(not_text(path, err)) from None
+        one = [c for c in df.columns if c != _ROW]
+        if len(one) == 1 and any(sep in str(one[0]) for sep in ";|"):
+            sep = next(sep for sep in ";|" if sep in str(one[0]))
+            raise ValueError(
+                f"{path.name}: the header is one field, {str(one[0])!r}: its fields seem separated by {sep!r}. "
+                "tsattn reads comma-separated .csv and tab-separated .tsv files; save it with commas (decimal points)."
+            )
         df = df.copy()  # one block per dtype: read_csv may give one per column, which makes adding columns slow
         df.columns = [str(c) for c in df.columns]
         # Line 1 is the header, so data row i (0-based) sits on line i + 2.
@@ -205,7 +222,39 @@ def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tup
     dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
     if dupes:
         raise ValueError(f"{where.name}: duplicate column names {dupes}; give every column a unique name.")
+    counters = [c for c in df.columns if _UNNAMED.fullmatch(c) and _counts_rows(df[c])]
+    if counters:  # what DataFrame.to_csv writes by default: the index, under an empty header
+        log.warning(
+            "%s: left out %s, without a name and holding the row numbers (a saved index); name it to use it",
+            where.name,
+            ", ".join(f"column {df.columns.get_loc(c) + 1}" for c in counters),
+        )
+        df = df.drop(columns=counters)
     return df, where
+
+
+def not_text(path: Path, err: UnicodeDecodeError) -> str:
+    """One line on a file that is not UTF-8 text: compressed (known by its first bytes), or in another encoding."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        head = b""
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            return f"{path.name}: a {kind}-compressed file, not text; decompress it first (tsattn fit also reads it " \
+                f"under a name ending in .{_EXTENSIONS[kind]})"
+    return (
+        f"{path.name}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte {err.start}); save it as UTF-8 "
+        "(in Excel: 'CSV UTF-8'), e.g. pd.read_csv(path, encoding='latin-1').to_csv(new_path, index=False)"
+    )
+
+
+def _counts_rows(col: pd.Series) -> bool:
+    """True for integers 0, 1, 2, ... or 1, 2, 3, ... down the rows."""
+    if not is_integer_dtype(col) or col.empty or col.iloc[0] not in (0, 1):
+        return False
+    return bool((col.to_numpy() == np.arange(len(col)) + col.iloc[0]).all())
 
 
 def _looks_like_times(col: pd.Series) -> bool:
@@ -259,12 +308,7 @@ def _parse_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
             "time_col."
         )
     else:
-        try:
-            parsed = pd.to_datetime(raw)  # fast path: one format inferred from the first value
-        except (ValueError, TypeError, OverflowError):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                parsed = pd.to_datetime(raw, format="mixed", errors="coerce", utc=True)
+        parsed = _read_times(df, col, where)
     bad = parsed.isna().to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
@@ -282,6 +326,37 @@ def _parse_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)  # one clock for all rows
     return parsed.dt.as_unit("ns")
+
+
+def _read_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
+    """Parse a text time column: one format for all rows (month-first, as pandas reads ``01/02/2024``, else
+    day-first), or each cell on its own where the formats differ, refused where that reading depends on the order of
+    day and month (unparseable cells come back as NaT)."""
+    raw = df[col]
+    for kwargs in ({}, {"utc": True}, {"dayfirst": True}, {"dayfirst": True, "utc": True}):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed = pd.to_datetime(raw, **kwargs)  # one format, inferred from the first value
+        except (ValueError, TypeError, OverflowError):
+            continue
+        if kwargs.get("dayfirst"):
+            log.info("%s: column '%s' read day first (%r is %s)", where.name, col, raw.iloc[0], parsed.iloc[0])
+        return parsed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parsed = pd.to_datetime(raw, format="mixed", errors="coerce", utc=True)
+        day_first = pd.to_datetime(raw, format="mixed", errors="coerce", utc=True, dayfirst=True)
+    year_first = raw.astype(str).str.match(r"\s*\d{4}").to_numpy()  # ISO dates: dayfirst would read them Y-D-M
+    differ = (parsed != day_first).to_numpy() & parsed.notna().to_numpy() & day_first.notna().to_numpy() & ~year_first
+    if differ.any():
+        i = int(np.argmax(differ))
+        raise ValueError(
+            f"{where.name}: column '{col}' mixes time formats, and {raw.iloc[i]!r} on "
+            f"{where.row(int(df[_ROW].iloc[i]))} reads as {parsed.iloc[i]:%Y-%m-%d} month first or "
+            f"{day_first.iloc[i]:%Y-%m-%d} day first. Write every time in one format; ISO 'YYYY-MM-DD HH:MM' is safest."
+        )
+    return parsed
 
 
 def _to_float(df: pd.DataFrame, col: str, where: _Where, times: pd.Series) -> np.ndarray:
@@ -304,7 +379,7 @@ def _to_float(df: pd.DataFrame, col: str, where: _Where, times: pd.Series) -> np
             (num.isna() & raw.notna()).to_numpy(),
             lambda i: f"a non-numeric value {raw.iloc[i]!r}",
             ". Target columns must hold numbers: fix the cell (or leave it empty for a missing value), or leave the "
-            "column out with target_cols=[...].",
+            f"column out with target_cols=[...].{_format_hint(df, [col])}",
         )
         values = num.to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(invalid="ignore"):
@@ -316,6 +391,24 @@ def _to_float(df: pd.DataFrame, col: str, where: _Where, times: pd.Series) -> np
         "or rescale the column (e.g. divide it by a power of ten).",
     )
     return values
+
+
+def _format_hint(df: pd.DataFrame, cols: list[str]) -> str:
+    """A hint for columns of numbers written with thousands separators or a unit sign ('1,234.5', '12 %'), or ''."""
+    examples = {}
+    for c in cols:
+        if not is_numeric_dtype(df[c]):
+            text = df[c].dropna().astype(str)
+            found = text[text.str.fullmatch(_FORMATTED)]
+            if len(found):
+                examples[c] = found.iloc[0]
+    if not examples:
+        return ""
+    return (
+        f" Column(s) {list(examples)} hold numbers written with separators or signs (e.g. "
+        f"{next(iter(examples.values()))!r}): save them as plain numbers, e.g. "
+        "df[col].str.replace(r'[^0-9.eE+-]', '', regex=True).astype(float)."
+    )
 
 
 def _numeric_candidate(col: pd.Series) -> bool:
@@ -479,7 +572,7 @@ def read_series(
         target_cols = [c for c in value_cols if _numeric_candidate(df[c])]
         skipped = [c for c in value_cols if c not in target_cols]
         if skipped:
-            log.warning("%s: skipping non-numeric columns %s", where.name, skipped)
+            log.warning("%s: skipping non-numeric columns %s.%s", where.name, skipped, _format_hint(df, skipped))
         if not target_cols:
             raise ValueError(
                 f"{where.name}: no numeric value columns besides the time column '{time_col}' "
