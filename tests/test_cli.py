@@ -315,6 +315,7 @@ BAD = {
     "bad period": (["--data.period", "0", "--model", "Linear"], "period must be an integer >= 1, got 0"),
     "folder as data": (["--data.path", "{tmp}"], "is a folder"),
     "bad cut": (["--data.split", "time", "--data.val_start", "soon"], "val_start='soon' is not a timestamp"),
+    "no validation rows": (["--data.split", "none"], "--data.split none puts every row in training, and fit needs"),
 }
 
 

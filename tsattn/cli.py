@@ -227,6 +227,12 @@ class TsattnCLI(LightningCLI):
             torch.set_num_threads(threads)
         for name in _names(self._get(self.config, "compare")):
             forecaster_class(name)  # fail on a typo now, not after the main fit
+        if self.subcommand in ("fit", "validate", "test") and self._get(self.config, "data.split") == "none":
+            raise ValueError(
+                f"--data.split none puts every row in training, and {self.subcommand} needs validation and test rows; "
+                "give --data.split ratio, ett-hour or time (with --data.val_start / --data.test_start). "
+                "To forecast new data from a checkpoint, use tsattn predict or tsattn forecast."
+            )
 
     def after_instantiate_classes(self) -> None:
         # Linked values resolved by the data (a period inferred from the frequency) go into the data's hparams
