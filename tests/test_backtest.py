@@ -129,6 +129,17 @@ def test_cli_outputs_and_no_overwrite(tmp_path, capsys, quantile_ckpt):
     assert (tmp_path / "m.csv").read_bytes() == before
 
 
+def test_mase_of_a_history_no_longer_than_the_season_is_nan_with_the_reason(plain_ckpt, caplog):
+    data = series(30)  # folds at 22 and 26 rows of history; the season is 24 steps
+    with caplog.at_level("WARNING", logger="tsattn.backtest"):
+        res = bt.backtest(plain_ckpt, data, windows=2, step=4, trainer={"accelerator": "cpu"})
+    y, f = data["y"].to_numpy(), res.forecasts[res.forecasts["fold"] == 1]
+    only_fold_1 = np.mean(np.abs(f["y"] - f["yhat"])) / np.mean(np.abs(y[24:26] - y[:2]))
+    assert res.summary.set_index("unique_id").loc["all", "mase"] == pytest.approx(only_fold_1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "MASE" in r.getMessage()]
+    assert len(warnings) == 1 and "no more than one season (24 rows)" in warnings[0] and "(fold 0)" in warnings[0]
+
+
 def test_mase_of_a_constant_series_is_nan_and_left_out_of_all(plain_ckpt, tmp_path, caplog):
     varying = series(120).assign(id="s0")
     constant = varying.assign(id="s1", y=5.0)  # the naive forecast's in-sample error is 0: MASE is undefined

@@ -25,8 +25,8 @@ step, over folds: MSE, MAE, sMAPE (%), MASE (the error over the in-sample MAE of
 fold's history, season = the data's period or 1; as :func:`tsattn.metrics.mase`, per fold) and, for quantile
 models, the pinball loss (mean over levels) and the coverage of the interval between the lowest and highest level.
 The summary averages them over steps per ``unique_id`` and overall. MASE is undefined (NaN, with a warning) for a
-fold whose history is constant (the naive forecast's in-sample error is 0); such folds are left out of its averages,
-the ``all`` row's included.
+fold whose history is constant (the naive forecast's in-sample error is 0) or no longer than one season; such folds
+are left out of its averages, the ``all`` row's included.
 """
 
 from __future__ import annotations
@@ -245,17 +245,21 @@ def _scale_errors(actual: np.ndarray, pred: np.ndarray, scale: np.ndarray | None
         return np.where(scale > 0, np.abs(actual - pred) / scale, np.nan)
 
 
-def _warn_undefined_mase(undefined: list[tuple[str, int]], shown: int = 10) -> None:
-    """One warning naming the unique_ids (and folds) whose MASE is undefined: their history is constant."""
-    folds: dict[str, list[int]] = {}
-    for uid, fold in undefined:
-        folds.setdefault(uid, []).append(fold)
-    names = [f"{uid} (fold{'s' if len(f) > 1 else ''} {', '.join(map(str, sorted(f)))})"
-             for uid, f in list(folds.items())[:shown]]
-    more = f" and {len(folds) - shown} more" if len(folds) > shown else ""
-    log.warning("MASE is undefined where the history before the cutoff is constant (the naive forecast's in-sample "
-                "error is 0): NaN, and left out of the MASE averages and the 'all' row, for %s%s",
-                ", ".join(names), more)
+_CONSTANT = "is constant (the seasonal naive forecast's in-sample error is 0)"
+_SHORT = "holds no more than one season ({season} rows), so the seasonal naive forecast has no in-sample error"
+
+
+def _warn_undefined_mase(undefined: list[tuple[str, int, str]], shown: int = 10) -> None:
+    """One warning per reason, naming the unique_ids (and folds) whose MASE is undefined."""
+    reasons: dict[str, dict[str, list[int]]] = {}
+    for uid, fold, why in undefined:
+        reasons.setdefault(why, {}).setdefault(uid, []).append(fold)
+    for why, folds in reasons.items():
+        names = [f"{uid} (fold{'s' if len(f) > 1 else ''} {', '.join(map(str, sorted(f)))})"
+                 for uid, f in list(folds.items())[:shown]]
+        more = f" and {len(folds) - shown} more" if len(folds) > shown else ""
+        log.warning("MASE is undefined where the history before the cutoff %s: NaN, and left out of the MASE "
+                    "averages and the 'all' row, for %s%s", why, ", ".join(names), more)
 
 
 def _metric_row(group: pd.DataFrame, quantile_cols: list[str], quantiles: list[float] | None) -> dict[str, float]:
@@ -356,7 +360,7 @@ def backtest(
     season = int(ctx.state.get("period") or 1)
     quantiles = list(loaded.model.quantiles) if getattr(loaded.model, "quantiles", None) else None
     records: list[pd.DataFrame] = []
-    undefined: list[tuple[str, int]] = []  # (unique_id, fold) with a zero MASE scale
+    undefined: list[tuple[str, int, str]] = []  # (unique_id, fold, why) without a MASE scale
     for frame, _ in frames:
         positions, bad = _fold_plan(frame, ctx, windows, step)
         skipped.extend(bad)
@@ -459,7 +463,7 @@ def _forecast_rows(
     loaded: LoadedCheckpoint,
 ) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
     """Tidy rows ``unique_id, fold, cutoff, ds, step, y, yhat`` (+ quantiles, scaled_error) for *frame*, and the
-    ``(unique_id, fold)`` whose MASE scale is zero (a constant history)."""
+    ``(unique_id, fold, why)`` without a MASE scale (`_warn_undefined_mase`)."""
     h, cols = ctx.horizon, ctx.target_cols
     c = len(cols)
     median = getattr(loaded.model, "median_index", 0)
@@ -470,7 +474,7 @@ def _forecast_rows(
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("unique_id", "fold", "cutoff", "ds", "step", "y", "yhat",
                                                         "scaled_error")}
     qparts: list[np.ndarray] = []
-    undefined: list[tuple[str, int]] = []
+    undefined: list[tuple[str, int, str]] = []
     for (fold, uid), yhat in sorted(preds.items()):
         a = int(starts[uid])
         p = positions[uid][fold]
@@ -486,8 +490,10 @@ def _forecast_rows(
         out["y"].append(actual.T.reshape(-1))  # (C*H,) channel-major, as the names
         out["yhat"].append(point.T.reshape(-1))
         scale = _naive_scale(values, p, season)
-        if scale is not None:
-            undefined.extend((names[j], fold) for j in np.flatnonzero(scale == 0))
+        if scale is None:
+            undefined.extend((name, fold, _SHORT.format(season=season)) for name in names)
+        else:
+            undefined.extend((names[j], fold, _CONSTANT) for j in np.flatnonzero(scale == 0))
         out["scaled_error"].append(_scale_errors(actual, point, scale).T.reshape(-1))
         if quantiles:
             qparts.append(np.ascontiguousarray(yhat.transpose(1, 0, 2)).reshape(c * h, -1))  # (C*H, Q)

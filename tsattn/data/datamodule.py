@@ -171,7 +171,7 @@ class SeriesDataModule(L.LightningDataModule):
         need, reason = min_rows(self.split, lb, h, self.ratios)
         check_length(uid, n, need, source=src, reason=reason)
         if self.split == "none" and n < lb + h:
-            log.warning("series '%s' has %d rows: no training window of %d rows fits", uid, n, lb + h)
+            log.debug("series '%s' has %d rows: no training window of %d rows fits", uid, n, lb + h)  # forecasting
         return split_borders(n, self.split, ratios=self.ratios)
 
     def _scaled(self) -> np.ndarray:
