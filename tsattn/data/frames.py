@@ -59,6 +59,7 @@ _EXTENSIONS = {"gzip": "gz", "zip": "zip", "bzip2": "bz2", "xz": "xz", "zstd": "
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"(\xb5/\xfd": "zstd"}
 # numbers written for people: thousands separators, a currency or a percent sign ('10,012.57', '$1,234', '12 %')
 _FORMATTED = r"\s*[-+]?[$€£]?\s*\d{1,3}(?:[,\s\']\d{3})+(?:\.\d+)?\s*%?\s*|\s*[-+]?\d+(?:\.\d+)?\s*%\s*"
+_MISSING_FLAGS = " (--data.missing in tsattn fit, --missing in forecast, backtest and benchmarks/ltsf.py)"
 _ROW = "__tsattn_row__"  # where each row came from, kept only while validating (for error messages)
 _DAY_NS = 86_400_000_000_000
 _MINUTE_NS = 60_000_000_000
@@ -647,7 +648,7 @@ def _check_duplicates(out: pd.DataFrame, where: _Where, id_col: str | None) -> N
         f"({where.rows(rows)}). Each series needs one row per timestamp: drop the duplicates "
         f"(df.drop_duplicates(subset=...)) or aggregate them (df.groupby({keys}).mean()) first."
         + ("" if id_col else " If the file holds several series (a long table), name their id column with id_col "
-           "(--data.id_col in the CLI).")
+           "(--data.id_col in tsattn fit, --id-col in forecast and backtest).")
     )
 
 
@@ -702,7 +703,8 @@ def _raise_gap(out: pd.DataFrame, freq: str, where: _Where) -> None:
             f"{where.name}: series '{uid}' is not regular at frequency '{freq}': {what} "
             f"({where.row(int(rows[sl][i]))} -> {where.row(int(rows[sl][i + 1]))}; {len(breaks)} break(s) in all). "
             "Pass missing='ffill' or missing='interpolate' to fill the gaps on the regular grid, or "
-            "missing='ignore' to treat the rows as consecutive steps (e.g. trading days with holidays)."
+            "missing='ignore' to treat the rows as consecutive steps (e.g. trading days with holidays)"
+            f"{_MISSING_FLAGS}."
         )
 
 
@@ -771,7 +773,7 @@ def _handle_nonfinite(out: pd.DataFrame, target_cols: list[str], where: _Where, 
         raise ValueError(
             f"{where.name}: column '{col}' has {kind} on {where.row(int(rows[i]))} (series '{out['unique_id'].iloc[i]}', "
             f"timestamp {out['ds'].iloc[i]}); {int(bad.sum())} such cell(s) in all. Fix the data, or pass "
-            "missing='ffill' / missing='interpolate' to fill them, or missing='ignore' to drop such rows."
+            f"missing='ffill' / missing='interpolate' to fill them, or missing='ignore' to drop such rows{_MISSING_FLAGS}."
         )
     vals = out[target_cols].astype(np.float64).replace([np.inf, -np.inf], np.nan)
     groups = vals.groupby(out["unique_id"], sort=False)
