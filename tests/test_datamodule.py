@@ -304,7 +304,10 @@ def test_load_state_dict_updates_datasets_in_place(long_frame):
 def test_load_state_dict_checks_columns(long_frame):
     dm = _dm(long_frame((100,), channels=2), id_col="id")
     other = _dm(long_frame((100,), channels=2), id_col="id", target_cols=["y1"])
-    with pytest.raises(ValueError, match=r"made for columns \['y0', 'y1'\].*pass target_cols"):
+    with pytest.raises(ValueError, match=r"made for columns \['y0', 'y1'\].*pass target_cols.* if the data has \['y0'\]"):
+        other.load_state_dict(dm.state_dict())
+    other = _dm(long_frame((100,), channels=2), id_col="id", target_cols=["y1", "y0"])
+    with pytest.raises(ValueError, match=r"has \['y1', 'y0'\]; pass target_cols=\['y0', 'y1'\]\.$"):
         other.load_state_dict(dm.state_dict())
     other = _dm(long_frame((100,), channels=2), id_col="id", lookback=10)
     with pytest.raises(ValueError, match="stored state has lookback=12"):

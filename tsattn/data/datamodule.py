@@ -348,9 +348,13 @@ class SeriesDataModule(L.LightningDataModule):
         if missing_keys:
             raise ValueError(f"not a SeriesDataModule state: keys {sorted(missing_keys)} are missing")
         if list(state["target_cols"]) != self.target_cols:
+            stored = list(state["target_cols"])
+            lacking = [c for c in stored if c not in self.target_cols]
+            fix = f"pass target_cols={stored}"
+            if lacking:
+                fix = f"{fix} if the data has {lacking}, or give data with the columns the model was trained on"
             raise ValueError(
-                f"the stored state was made for columns {list(state['target_cols'])}, but this data has "
-                f"{self.target_cols}; pass target_cols={list(state['target_cols'])}."
+                f"the stored state was made for columns {stored}, but this data has {self.target_cols}; {fix}."
             )
         for key in ("lookback", "horizon"):
             if int(state[key]) != getattr(self, key):
