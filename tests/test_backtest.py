@@ -127,6 +127,10 @@ def test_cli_outputs_and_no_overwrite(tmp_path, capsys, quantile_ckpt):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--overwrite" in err
     assert (tmp_path / "m.csv").read_bytes() == before
+    data = (tmp_path / "data.csv").read_bytes()  # the input as an output: refused, --overwrite or not
+    assert bt.main([*args[:8], "--output", str(tmp_path / "data.csv"), "--overwrite", *NO_BAR]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the input" in err and (tmp_path / "data.csv").read_bytes() == data
 
 
 def test_mase_of_a_history_no_longer_than_the_season_is_nan_with_the_reason(plain_ckpt, caplog):

@@ -218,6 +218,11 @@ def test_no_overwrite_and_atomic_write(tmp_path, capsys, linear_ckpt, monkeypatc
     assert pd.read_csv(dest).shape == (2 * HORIZON, 4)
     assert os.listdir(dest.parent) == ["f.csv"]  # the temp file and the parts folder are gone
 
+    before = src.read_bytes()  # the input as output: refused, --overwrite or not
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, "--output", src, "--overwrite")
+    assert code != 0 and err.count("\n") == 1 and "is one of the inputs" in err
+    assert src.read_bytes() == before
+
 
 def _no_prediction(*args, **kwargs):
     raise AssertionError("the run should have been refused before predicting")

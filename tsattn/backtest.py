@@ -585,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs = [Path(p) for p in (cfg.output, cfg.forecasts) if p]
         for out in outputs:
             _check_output(out, overwrite)
+            if out.resolve() == Path(cfg.input).resolve():
+                raise ForecastError(f"output {out} is the input; name another file")
         if cfg.plot:
             check_new_file(Path(cfg.plot), "plot", overwrite)
         result = backtest(

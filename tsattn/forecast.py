@@ -1374,6 +1374,8 @@ def forecast(
     loaded = ckpt if isinstance(ckpt, LoadedCheckpoint) else load_checkpoint(ckpt, model)
     cut = _parse_cutoffs(cutoffs)
     files = _input_files(source)
+    if any(f.resolve() == output.resolve() for f in files):
+        raise ForecastError(f"output {output} is one of the inputs; name another file")
     ctx = _context(loaded, id_col=id_col, time_col=time_col, missing=missing, batch_size=batch_size,
                    cutoffs=cut, with_history=plot_dir is not None)
     chunks, planned_skips = _plan(files, ctx, chunk_size)
