@@ -149,7 +149,7 @@ def check_length(unique_id: str, length: int, needed: int, *, source: str = "", 
     why = f" {reason}" if reason else ""
     raise ValueError(
         f"series '{unique_id}'{where} has {length} rows, but{why} needs at least {needed} rows. "
-        "Use a shorter lookback or horizon, a different split, or a longer series."
+        "Use a shorter lookback or horizon, a different split or a longer series, or leave this series out of the data."
     )
 
 
