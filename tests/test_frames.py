@@ -296,6 +296,13 @@ def test_day_and_month_order_read_from_the_whole_column(tmp_path, fmt):
     assert (pd.DatetimeIndex(sf.frame["ds"]) == days).all()
 
 
+def test_error_iso_time_with_a_typo_is_not_read_year_day_month(tmp_path):
+    times = ["2024-01-02", "2024-01-03", "2024-13-01", "2024-01-05"]  # day first would read all of them Y-D-M
+    path = _csv(tmp_path, "date,a\n" + _rows(range(4), times))
+    with pytest.raises(ValueError, match=r"column 'date' has a value that is not a timestamp on line 4: '2024-13-01'"):
+        read_series(path)
+
+
 def test_error_day_and_month_order_mixed(tmp_path):
     days = pd.date_range("2024-01-01", periods=40, freq="D")
     times = list(days[:20].strftime("%d/%m/%Y")) + list(days[20:].strftime("%m/%d/%Y"))  # no one order reads both

@@ -461,7 +461,7 @@ def _forecast_rows(
     season: int,
     quantiles: list[float] | None,
     loaded: LoadedCheckpoint,
-) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
+) -> tuple[pd.DataFrame, list[tuple[str, int, str]]]:
     """Tidy rows ``unique_id, fold, cutoff, ds, step, y, yhat`` (+ quantiles, scaled_error) for *frame*, and the
     ``(unique_id, fold, why)`` without a MASE scale (`_warn_undefined_mase`)."""
     h, cols = ctx.horizon, ctx.target_cols

@@ -243,8 +243,10 @@ def not_text(path: Path, err: UnicodeDecodeError) -> str:
         head = b""
     for magic, kind in _COMPRESSED.items():
         if head.startswith(magic):
-            return f"{path.name}: a {kind}-compressed file, not text; decompress it first (tsattn fit also reads it " \
+            return (
+                f"{path.name}: a {kind}-compressed file, not text; decompress it first (tsattn fit also reads it "
                 f"under a name ending in .{_EXTENSIONS[kind]})"
+            )
     return (
         f"{path.name}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at byte {err.start}); save it as UTF-8 "
         "(in Excel: 'CSV UTF-8'), e.g. pd.read_csv(path, encoding='latin-1').to_csv(new_path, index=False)"
@@ -334,7 +336,11 @@ def _read_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
     day-first), or each cell on its own where the formats differ, refused where that reading depends on the order of
     day and month (unparseable cells come back as NaT)."""
     raw = df[col]
-    for kwargs in ({}, {"utc": True}, {"dayfirst": True}, {"dayfirst": True, "utc": True}):
+    year_first = raw.astype(str).str.match(r"\s*\d{4}").to_numpy()  # ISO dates: dayfirst would read them Y-D-M
+    orders = [{}, {"utc": True}]
+    if not year_first.any():  # one format for all rows: day first is tried only where no value is year first
+        orders += [{"dayfirst": True}, {"dayfirst": True, "utc": True}]
+    for kwargs in orders:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -348,7 +354,6 @@ def _read_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
         warnings.simplefilter("ignore")
         parsed = pd.to_datetime(raw, format="mixed", errors="coerce", utc=True)
         day_first = pd.to_datetime(raw, format="mixed", errors="coerce", utc=True, dayfirst=True)
-    year_first = raw.astype(str).str.match(r"\s*\d{4}").to_numpy()  # ISO dates: dayfirst would read them Y-D-M
     differ = (parsed != day_first).to_numpy() & parsed.notna().to_numpy() & day_first.notna().to_numpy() & ~year_first
     if differ.any():
         i = int(np.argmax(differ))
