@@ -189,7 +189,7 @@ def test_files_that_are_not_comma_separated_utf8_are_skipped_with_the_reason(tmp
     assert code == 0, err
     reasons = dict(pd.read_csv(tmp_path / "skipped.csv")[["unique_id", "reason"]].to_numpy())
     assert set(reasons) == {"packed.csv", "semi.csv", "excel.csv"}
-    assert "gzip-compressed" in reasons["packed.csv"] and "separated by another character" in reasons["semi.csv"]
+    assert "gzip-compressed" in reasons["packed.csv"] and "seem separated by ';'" in reasons["semi.csv"]
     assert "not UTF-8 text" in reasons["excel.csv"]
 
 

@@ -67,7 +67,7 @@ from pandas.tseries.frequencies import to_offset
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tsattn.atomic import atomic_path
-from tsattn.data import SeriesDataModule, not_text, read_series
+from tsattn.data import SeriesDataModule, not_text, read_series, separator_problem
 from tsattn.models.base import Forecaster
 from tsattn.models.registry import checkpoint_class, forecaster_class, forecaster_classes
 
@@ -382,11 +382,9 @@ def _header(path: Path, sep: str) -> list[str]:
         raise _Skip(not_text(path, err)) from None
     if not row:
         raise _Skip(f"{path.name}: the file is empty")
-    if len(row) == 1 and sep not in row[0] and any(other in row[0] for other in ";|"):
-        raise _Skip(
-            f"{path.name}: the header is one field, {row[0]!r}: its fields seem separated by another character "
-            f"than {sep!r}; save it comma-separated (.csv) or tab-separated (.tsv)"
-        )
+    problem = separator_problem(path.name, row)
+    if problem:
+        raise _Skip(problem)
     return [c for c in row]
 
 

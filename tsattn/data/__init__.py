@@ -12,6 +12,7 @@ from tsattn.data.frames import (
     infer_period,
     not_text,
     read_series,
+    separator_problem,
     time_index,
 )
 from tsattn.data.scaling import SCALERS, fit_scaler
@@ -48,6 +49,7 @@ __all__ = [
     "not_text",
     "ratio_borders",
     "read_series",
+    "separator_problem",
     "split_borders",
     "time_borders",
     "time_index",

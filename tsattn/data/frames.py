@@ -47,6 +47,7 @@ __all__ = [
     "infer_period",
     "not_text",
     "read_series",
+    "separator_problem",
     "time_index",
 ]
 
@@ -200,13 +201,9 @@ def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tup
             ) from None
         except UnicodeDecodeError as err:
             raise ValueError(not_text(path, err)) from None
-        one = [c for c in df.columns if c != _ROW]
-        if len(one) == 1 and any(sep in str(one[0]) for sep in ";|"):
-            sep = next(sep for sep in ";|" if sep in str(one[0]))
-            raise ValueError(
-                f"{path.name}: the header is one field, {str(one[0])!r}: its fields seem separated by {sep!r}. "
-                "tsattn reads comma-separated .csv and tab-separated .tsv files; save it with commas (decimal points)."
-            )
+        problem = separator_problem(path.name, [str(c) for c in df.columns])
+        if problem:
+            raise ValueError(problem)
         df = df.copy()  # one block per dtype: read_csv may give one per column, which makes adding columns slow
         df.columns = [str(c) for c in df.columns]
         # Line 1 is the header, so data row i (0-based) sits on line i + 2.
@@ -232,6 +229,17 @@ def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tup
         )
         df = df.drop(columns=counters)
     return df, where
+
+
+def separator_problem(name: str, header: list[str]) -> str | None:
+    """One line when a header read as one field holds another separator (';' or '|'), else None."""
+    if len(header) != 1 or not any(sep in header[0] for sep in ";|"):
+        return None
+    sep = next(sep for sep in ";|" if sep in header[0])
+    return (
+        f"{name}: the header is one field, {header[0]!r}: its fields seem separated by {sep!r}. tsattn reads "
+        "comma-separated .csv and tab-separated .tsv files; save it with commas (and decimal points)."
+    )
 
 
 def not_text(path: Path, err: UnicodeDecodeError) -> str:
