@@ -151,6 +151,13 @@ def test_test_and_predict_from_saved_run(wide_csv, tmp_path, capsys):
     assert list(frame.columns[:4]) == ["unique_id", "ds", "cutoff", "yhat"]
     assert len(frame) == 6 * 3 and set(frame.unique_id) == {"x0", "x1", "x2"}
     assert pd.to_datetime(frame.ds).min() > pd.to_datetime(frame.cutoff).max()
+    capsys.readouterr()
+    for sub in ("test", "predict", "validate"):  # without the checkpoint: an unfitted model, refused
+        with pytest.raises(SystemExit):
+            main([sub, "--config", str(run / "config.yaml")])
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert f"tsattn {sub} needs the fitted model: give --ckpt_path" in line
+    assert not (tmp_path / "version_3").exists()
 
 
 def test_compare_gives_standard_errors_and_paired_differences(tmp_path, wide_frame, capsys):

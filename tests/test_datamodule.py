@@ -405,3 +405,18 @@ def test_lightning_checkpoint_holds_state(long_frame, tmp_path):
     assert fresh.num_windows("train") == dm.num_windows("train")
     a, b = next(iter(dm.test_dataloader())), next(iter(fresh.test_dataloader()))
     torch.testing.assert_close(a["past"], b["past"])
+
+
+def test_inferred_period_is_saved_so_model_and_data_hparams_log_together(wide_frame, tmp_path):
+    """The README's Python example: a model built with dm.period (inferred, 24 for hourly data) logs its
+    hyperparameters beside the DataModule's, which Lightning refuses where a shared key differs."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from tsattn.models import RidgeCycle
+
+    dm = _dm(wide_frame(200, channels=2))
+    assert dm.period == 24 and dm.hparams["period"] == dm.hparams_initial["period"] == 24
+    model = RidgeCycle(n_channels=dm.n_channels, lookback=12, horizon=6, period=dm.period)
+    trainer = L.Trainer(max_epochs=1, logger=CSVLogger(tmp_path), enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    assert "period: 24" in (tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text()  # merged

@@ -227,21 +227,17 @@ class TsattnCLI(LightningCLI):
             torch.set_num_threads(threads)
         for name in _names(self._get(self.config, "compare")):
             forecaster_class(name)  # fail on a typo now, not after the main fit
+        if self.subcommand in ("validate", "test", "predict") and not self._get(self.config, "ckpt_path"):
+            raise ValueError(
+                f"tsattn {self.subcommand} needs the fitted model: give --ckpt_path (a checkpoint of the run, e.g. "
+                "runs/<name>/version_0/checkpoints/last.ckpt) beside the run's --config"
+            )
         if self.subcommand in ("fit", "validate", "test") and self._get(self.config, "data.split") == "none":
             raise ValueError(
                 f"--data.split none puts every row in training, and {self.subcommand} needs validation and test rows; "
                 "give --data.split ratio, ett-hour or time (with --data.val_start / --data.test_start). "
                 "To forecast new data from a checkpoint, use tsattn predict or tsattn forecast."
             )
-
-    def after_instantiate_classes(self) -> None:
-        # Linked values resolved by the data (a period inferred from the frequency) go into the data's hparams
-        # too; Lightning refuses to log model and data hparams that share a key with different values.
-        dm = self.datamodule
-        hparams = dict(getattr(dm, "hparams", {}))
-        resolved = {k: getattr(dm, k) for k in ("lookback", "horizon", "period") if k in hparams and hasattr(dm, k)}
-        if any(hparams[k] != v for k, v in resolved.items()):
-            dm.save_hyperparameters({**hparams, **resolved})
 
     # ----------------------------------------------------------------- trainer
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

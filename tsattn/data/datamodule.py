@@ -127,6 +127,7 @@ class SeriesDataModule(L.LightningDataModule):
         self.n_channels: int = len(self.target_cols)
         self.freq: str | None = sf.freq
         self.period: int | None = int(period) if period is not None else infer_period(sf.freq)
+        self._resolved_hparams()
         self.series_ids: list[str] = []
 
         ds_list, values, borders = [], [], []
@@ -154,6 +155,12 @@ class SeriesDataModule(L.LightningDataModule):
         self._datasets: dict[str, WindowDataset] = {}
 
     # ------------------------------------------------------------------------------------------- building
+
+    def _resolved_hparams(self) -> None:
+        """Save the period as resolved (inferred from the frequency, or stored): the model is built with it, and
+        Lightning refuses to log model and data hyperparameters that share a key with different values."""
+        if self.hparams.get("period") != self.period:
+            self.save_hyperparameters({**self.hparams, "period": self.period})
 
     def _borders(self, uid: str, ds: pd.DatetimeIndex) -> Borders:
         n, lb, h = len(ds), self.lookback, self.horizon
@@ -366,6 +373,7 @@ class SeriesDataModule(L.LightningDataModule):
             log.warning("stored frequency %s differs from this data's %s", state.get("freq"), self.freq)
         if state.get("period") is not None:
             self.period = int(state["period"])
+            self._resolved_hparams()
         stored = {uid: k for k, uid in enumerate(state["series_ids"])}
         loc = np.asarray(state["loc"], dtype=np.float64).reshape(len(stored), self.n_channels)
         scale = np.asarray(state["scale"], dtype=np.float64).reshape(len(stored), self.n_channels)
