@@ -216,6 +216,17 @@ def test_no_epochs_fits_and_saves_the_closed_form(wide_csv, tmp_path):
     assert rows[cli.DEFAULT_MODEL]["test/mse"] == pytest.approx(rows["RidgeCycle"]["test/mse"], rel=1e-5)
 
 
+def test_shared_checkpoint_folder_keeps_each_runs_start(wide_csv, tmp_path):
+    shared = tmp_path / "ckpts"
+    saved = []
+    for seed in ("0", "1"):
+        main(fit_args(wide_csv, tmp_path, "--trainer.max_epochs", "0", "--model", "RidgeCycle",
+                      "--checkpoint.dirpath", str(shared), "--seed_everything", seed))
+        run = sorted(tmp_path.glob("version_*"))[-1]
+        saved.append(Path(json.loads((run / "metrics.json").read_text())["checkpoint"]))
+    assert [p.name for p in saved] == ["best-start.ckpt", "best-start-v1.ckpt"] and all(p.is_file() for p in saved)
+
+
 def test_ema_weights_option(wide_csv, tmp_path):
     main(fit_args(wide_csv, tmp_path, "--ema_weights", "true", "--ema_decay", "0.9", "--model", "Linear"))
     ckpt = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)

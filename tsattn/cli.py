@@ -371,7 +371,7 @@ def _selected_checkpoint(trainer: Trainer, model: Forecaster) -> str | None:
     dirpath = getattr(ckpt, "dirpath", None) if isinstance(ckpt, ModelCheckpoint) else None
     untrained = trainer.max_epochs == 0  # the closed-form start alone (fitted in on_fit_end)
     if dirpath and (untrained or (best is not None and best.start_won)):
-        path = Path(dirpath) / "best-start.ckpt"
+        path = _new_name(Path(dirpath) / "best-start.ckpt")
         trainer.save_checkpoint(path)
         if untrained:
             log.info("max_epochs=0: the closed-form start, untrained, saved as %s", path)
@@ -379,6 +379,15 @@ def _selected_checkpoint(trainer: Trainer, model: Forecaster) -> str | None:
             log.info("the start (%s %.4f) was kept; saved as %s", best.monitor, best.best_score, path)
         return str(path)
     return (ckpt.best_model_path or None) if isinstance(ckpt, ModelCheckpoint) else None
+
+
+def _new_name(path: Path) -> Path:
+    """``path``, or, where a file has that name (an earlier run's, in a shared folder), the first free name with
+    a version suffix as ModelCheckpoint gives (``best-start-v1.ckpt``)."""
+    version = 0
+    while path.with_stem(f"{path.stem}-v{version}" if version else path.stem).exists():
+        version += 1
+    return path.with_stem(f"{path.stem}-v{version}" if version else path.stem)
 
 
 def _names(values: Sequence[str] | str | None) -> list[str]:
