@@ -69,6 +69,9 @@ def test_time_borders():
     assert b == Borders(48, 73, 100)
     assert time_borders(ds, None, "2024-01-04") == Borders(72, 72, 100)  # no validation rows
     assert time_borders(ds, "2024-01-04", None) == Borders(72, 100, 100)  # no test rows
+    # cuts with an offset or a zone are read in UTC, as time columns are
+    assert time_borders(ds, "2024-01-03T01:00+01:00", pd.Timestamp("2024-01-04 00:30", tz="UTC")) == b
+    assert time_borders(ds, "2024-01-03T00:00Z", None) == Borders(48, 100, 100)
     with pytest.raises(ValueError, match="val_start .* is after test_start"):
         time_borders(ds, "2024-01-04", "2024-01-03")
     with pytest.raises(ValueError, match="test_start='notadate' is not a timestamp"):

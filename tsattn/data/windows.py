@@ -85,12 +85,16 @@ def ratio_borders(n: int, ratios: Sequence[float] = DEFAULT_RATIOS) -> Borders:
 
 
 def _cut(name: str, value: str | pd.Timestamp | None) -> pd.Timestamp | None:
+    """The cut as a timestamp; one with a UTC offset or time zone in UTC, as the time columns are read."""
     try:
-        return None if value is None else pd.Timestamp(value)
+        cut = None if value is None else pd.Timestamp(value)
     except (ValueError, TypeError):
         raise ValueError(
             f"{name}={value!r} is not a timestamp; give one such as '2024-03-01' or '2024-03-01 12:00'"
         ) from None
+    if cut is not None and cut.tzinfo is not None:
+        cut = cut.tz_convert("UTC").tz_localize(None)
+    return cut
 
 
 def time_borders(
