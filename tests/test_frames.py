@@ -214,6 +214,19 @@ def test_numbers_written_with_separators_get_a_hint(tmp_path, wide_frame, caplog
         read_series(df, target_cols=["x0", "x1"])
 
 
+def test_time_held_in_the_index(tmp_path, wide_frame, long_frame):
+    df = wide_frame(40, channels=2)
+    df.set_index("date").to_parquet(tmp_path / "indexed.parquet")  # the index is saved with the frame
+    assert read_series(tmp_path / "indexed.parquet").time_col == "date"
+    df.to_csv(tmp_path / "w.csv", index=False)
+    as_index = pd.read_csv(tmp_path / "w.csv", index_col=0)  # a text index named like the time column
+    assert read_series(as_index, time_col="date").target_cols == ["x0", "x1"]
+    periods = df.set_index(df["date"].dt.to_period("h")).drop(columns="date")
+    assert read_series(periods).freq == "h"
+    panel = long_frame((30, 40)).set_index(["id", "ds"])
+    assert read_series(panel, id_col="id").lengths() == {"s0": 30, "s1": 40}
+
+
 def test_error_missing_file(tmp_path):
     with pytest.raises(ValueError, match=r"nope\.csv: file not found") as info:
         read_series(tmp_path / "nope.csv")

@@ -161,17 +161,7 @@ def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tup
     """Return a private copy of the input with string column names and a row-reference column."""
     if isinstance(source, pd.DataFrame):
         where = _Where("<DataFrame>", is_file=False)
-        df = source.copy()  # never touch the caller's frame
-        index_is_time = isinstance(df.index, pd.DatetimeIndex) and (
-            (time_col is None and not any(is_datetime64_any_dtype(df[c]) for c in df.columns))
-            or (time_col is not None and time_col not in df.columns and df.index.name == time_col)
-        )
-        if index_is_time:
-            name = df.index.name if df.index.name is not None else "ds"
-            df = df.reset_index(names=name)
-        else:
-            df = df.reset_index(drop=True)
-        df.columns = [str(c) for c in df.columns]
+        df = _index_as_columns(source.copy(), time_col)  # a copy: never touch the caller's frame
         df[_ROW] = np.arange(len(df), dtype=np.int64)
     elif isinstance(source, str | os.PathLike):
         path = Path(source)
@@ -186,7 +176,7 @@ def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tup
         suffix = path.suffix.lower()
         try:
             if suffix in (".parquet", ".pq"):
-                df = pd.read_parquet(path)
+                df = _index_as_columns(pd.read_parquet(path), time_col)  # a time index saved with the frame
                 where = _Where(path.name, is_file=False)
             else:
                 df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", low_memory=False)
@@ -229,6 +219,27 @@ def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tup
         )
         df = df.drop(columns=counters)
     return df, where
+
+
+def _index_as_columns(df: pd.DataFrame, time_col: str | None) -> pd.DataFrame:
+    """The frame with its time index (a DatetimeIndex or PeriodIndex, one named ``time_col``, or the levels of a
+    MultiIndex with a time level) turned into columns; any other index dropped. Column names as strings."""
+    if isinstance(df.index, pd.PeriodIndex):
+        df = df.set_axis(df.index.to_timestamp())
+    levels = list(df.index.levels) if isinstance(df.index, pd.MultiIndex) else [df.index]
+    names = [str(n) if n is not None else None for n in df.index.names]
+    has_time = any(isinstance(level, pd.DatetimeIndex | pd.PeriodIndex) for level in levels)
+    in_columns = any(is_datetime64_any_dtype(df[c]) for c in df.columns)
+    if isinstance(df.index, pd.MultiIndex) and (has_time or time_col in names):
+        df = df.reset_index()
+    elif (time_col is not None and time_col not in df.columns and names[0] == time_col) or (
+        has_time and time_col is None and not in_columns
+    ):
+        df = df.reset_index(names=names[0] if names[0] is not None else "ds")
+    else:
+        df = df.reset_index(drop=True)
+    df.columns = [str(c) for c in df.columns]
+    return df
 
 
 def separator_problem(name: str, header: list[str]) -> str | None:
