@@ -187,6 +187,9 @@ def test_files_that_are_not_comma_separated_utf8_are_skipped_with_the_reason(tmp
     code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", data, "--output", tmp_path / "f.csv",
                          "--skipped", tmp_path / "skipped.csv")
     assert code == 0, err
+    frame.to_parquet(tmp_path / "p.parquet")
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", tmp_path / "p.parquet", "--output", tmp_path / "g.csv")
+    assert code != 0 and "p.parquet: a Parquet file; forecast and backtest read .csv and .tsv files" in out + err
     reasons = dict(pd.read_csv(tmp_path / "skipped.csv")[["unique_id", "reason"]].to_numpy())
     assert set(reasons) == {"packed.csv", "semi.csv", "excel.csv"}
     assert "gzip-compressed" in reasons["packed.csv"] and "seem separated by ';'" in reasons["semi.csv"]

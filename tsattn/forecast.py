@@ -375,6 +375,9 @@ def _sep(path: Path) -> str:
 
 
 def _header(path: Path, sep: str) -> list[str]:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        raise _Skip(f"{path.name}: a Parquet file; forecast and backtest read .csv and .tsv files (tsattn fit reads "
+                    "Parquet too): write it with df.to_csv(path, index=False)")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             row = next(csv.reader(f, delimiter=sep), None)
