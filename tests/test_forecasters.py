@@ -165,3 +165,15 @@ def test_quantiles_given_out_of_order_reload(wide_frame, tmp_path) -> None:
     loaded.eval()
     with torch.no_grad():
         assert torch.equal(loaded(batch["past"], batch["time_idx"]), model(batch["past"], batch["time_idx"]))
+
+
+def test_quantiles_without_a_median_warn(caplog) -> None:
+    cls = _forecaster_class("Linear")
+    with caplog.at_level("WARNING", logger="tsattn.models.base"):
+        model = cls(n_channels=1, lookback=LOOKBACK, horizon=HORIZON, quantiles=[0.1, 0.9])
+    assert model.quantiles[model.median_index] == 0.1
+    assert "have no median (0.5): the point forecast (yhat, the test MSE and MAE) is the 0.1 quantile" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tsattn.models.base"):
+        cls(n_channels=1, lookback=LOOKBACK, horizon=HORIZON, quantiles=[0.1, 0.5, 0.9])
+    assert "median" not in caplog.text

@@ -66,6 +66,14 @@ class Forecaster(L.LightningModule):
             quantiles = sorted(float(q) for q in quantiles)
             if not quantiles or any(not 0.0 < q < 1.0 for q in quantiles):
                 raise ValueError(f"quantiles must be levels strictly between 0 and 1, got {quantiles!r}")
+            if 0.5 not in quantiles:
+                nearest = min(quantiles, key=lambda q: abs(q - 0.5))
+                log.warning(
+                    "quantiles %s have no median (0.5): the point forecast (yhat, the test MSE and MAE) is the %g "
+                    "quantile; add 0.5 to the levels for a median",
+                    quantiles,
+                    nearest,
+                )
         self.save_hyperparameters(ignore=_NOT_SAVED)
         self.n_channels = int(n_channels)
         self.lookback = int(lookback)
