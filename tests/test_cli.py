@@ -334,6 +334,8 @@ BAD = {
     "folder as data": (["--data.path", "{tmp}"], "is a folder"),
     "bad cut": (["--data.split", "time", "--data.val_start", "soon"], "val_start='soon' is not a timestamp"),
     "no validation rows": (["--data.split", "none"], "--data.split none puts every row in training, and fit needs"),
+    "compare model that cannot take the data": (["--data.lookback", "12", "--compare", "SeasonalNaive"],
+                                                "SeasonalNaive needs the season (24)"),
 }
 
 

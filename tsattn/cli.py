@@ -259,6 +259,11 @@ class TsattnCLI(LightningCLI):
         return self._instantiate_trainer(config, callbacks)
 
     # ----------------------------------------------------------------- after the subcommands
+    def before_fit(self) -> None:
+        if self._get(self.config, "test_after_fit"):
+            for compare in _names(self._get(self.config, "compare")):
+                self._baseline(forecaster_class(compare))  # a model that cannot take this data fails now
+
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit") or self.trainer.interrupted:
             return
@@ -305,6 +310,13 @@ class TsattnCLI(LightningCLI):
         """This run's folder: the logger's ``version_N``, or ``default_root_dir`` without a logger."""
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
+    def _baseline(self, cls: type[Forecaster]) -> Forecaster:
+        """``cls`` with the sizes (and season) of the data and the fitted model, its defaults otherwise."""
+        sizes = {"n_channels": self.datamodule.n_channels, "lookback": self.model.lookback, "horizon": self.model.horizon}
+        if "period" in inspect.signature(cls).parameters:
+            sizes["period"] = self.datamodule.period
+        return cls(**sizes)
+
     def _fit_and_test_baseline(self, cls: type[Forecaster]) -> tuple[dict[str, float], torch.Tensor]:
         """Fit and test ``cls`` on the same data with fresh early stopping / checkpointing; its test metrics and
         per-window test errors."""
@@ -312,10 +324,7 @@ class TsattnCLI(LightningCLI):
         if seed is not False:
             seed_everything(seed, workers=True)
         dm = self.datamodule
-        sizes = {"n_channels": dm.n_channels, "lookback": self.model.lookback, "horizon": self.model.horizon}
-        if "period" in inspect.signature(cls).parameters:
-            sizes["period"] = dm.period
-        model = cls(**sizes)
+        model = self._baseline(cls)
         trainer_cfg = dict(self._get(self.config_init, "trainer", default={}))
         checkpoint_cfg = {**self._get(self.config, "checkpoint").as_dict(), "dirpath": None}
         trainer_cfg["callbacks"] = [
