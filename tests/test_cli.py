@@ -424,6 +424,12 @@ def test_metrics_table_keeps_columns_apart_for_large_values() -> None:
     assert parsed["EMAAttentionForecaster"] == pytest.approx([0.0498, 0.1383, 2429719], rel=1e-6)
     assert parsed["Naive"] == pytest.approx([0.0711, 0.1518, 17.49])
     assert parsed["Huge"][2] == pytest.approx(3e12)
+    tiny = {"Fitted": {"test/mse": 2.5e-9, "test/mae": 4e-5, "test/mae_orig": 0.0, "test/mse_se": 1e-9},
+            "Naive": {"test/mse": 1e-7, "test/mae": 3e-4, "test/mae_orig": 0.0, "test/mse_se": 2e-8,
+                      "test/mse_diff": 9.75e-8, "test/mse_diff_se": 1.5e-8}}
+    lines = cli._metrics_table(tiny, lookback=96, horizon=24).splitlines()[3:]  # not printed as 0.0000
+    assert lines[0].split()[1:] == ["2.500e-09", "4.000e-05", "0.0000", "1.000e-09"]
+    assert lines[1].split()[1:] == ["1.000e-07", "0.0003", "0.0000", "2.000e-08", "+9.750e-08", "±", "1.500e-08"]
 
 
 def test_metrics_table_with_standard_errors() -> None:

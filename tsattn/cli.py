@@ -453,17 +453,18 @@ def _metrics_table(rows: dict[str, dict[str, Any]], lookback: int, horizon: int)
         cells = "".join(f" {_number(metrics.get(m, math.nan)):>11}" for m in METRICS)
         if with_se:
             se, diff, diff_se = (metrics.get(k) for k in ("test/mse_se", "test/mse_diff", "test/mse_diff_se"))
-            diff_text = "" if diff is None else f"{diff:+.4f}" + ("" if diff_se is None else f" ± {diff_se:.4f}")
-            cells += f" {'-' if se is None else f'{se:.4f}':>8}" + (f" {diff_text:>22}" if len(rows) > 1 else "")
+            diff_text = "" if diff is None else _number(diff, "+") + ("" if diff_se is None else f" ± {_number(diff_se)}")
+            cells += f" {'-' if se is None else _number(se):>8}" + (f" {diff_text:>22}" if len(rows) > 1 else "")
         lines.append(f"{name:<24}{cells}".rstrip())
     return "\n".join(lines)
 
 
-def _number(value: float) -> str:
-    """Four decimals; whole numbers from a million on (MAE in original units); exponent from 10^10 on."""
-    if abs(value) < 1e6 or math.isnan(value):
-        return f"{value:.4f}"
-    return f"{value:.0f}" if abs(value) < 1e10 else f"{value:.4e}"
+def _number(value: float, sign: str = "") -> str:
+    """Four decimals; whole numbers from a million on (MAE in original units); an exponent from 10^10 on and where
+    four decimals would print 0 (series of tiny values); ``sign`` "+" to sign positive values."""
+    if math.isnan(value) or value == 0 or 5e-5 <= abs(value) < 1e6:
+        return f"{value:{sign}.4f}"
+    return f"{value:{sign}.0f}" if 1e6 <= abs(value) < 1e10 else f"{value:{sign}.3e}"
 
 
 @torch.no_grad()
