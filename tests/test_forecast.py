@@ -427,3 +427,12 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path, capsys):
     code, _, err = run(capsys, "--ckpt", data, "--input", data, "--output", tmp_path / "f.csv")
     assert code == 2 and err.count("\n") == 1
     assert "data.csv: not a checkpoint file" in err and not (tmp_path / "f.csv").exists()
+
+
+def test_plain_trainer_checkpoint_loads_as_its_class(linear_ckpt):
+    """A checkpoint that names no class (saved by a plain Trainer) is identified by Forecaster.load_from_checkpoint
+    as forecast identifies it."""
+    from tsattn.models.base import Forecaster
+
+    model = Forecaster.load_from_checkpoint(linear_ckpt)
+    assert type(model) is Linear and type(fc.load_checkpoint(linear_ckpt).model) is Linear

@@ -40,7 +40,6 @@ import gc
 import glob as globlib
 import hashlib
 import importlib
-import inspect
 import json
 import logging
 import os
@@ -69,7 +68,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tsattn.atomic import atomic_path
 from tsattn.data import SeriesDataModule, not_text, read_series, separator_problem
 from tsattn.models.base import Forecaster
-from tsattn.models.registry import checkpoint_class, forecaster_class, forecaster_classes
+from tsattn.models.registry import (
+    OBJECT_HPARAMS,
+    checkpoint_class,
+    forecaster_class,
+    identify_class,
+    init_params,
+)
 
 __all__ = [
     "CheckpointError",
@@ -88,7 +93,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _DATA_KEY = SeriesDataModule.__qualname__  # where Lightning stores the DataModule state in a checkpoint
-_OBJECT_HPARAMS = ("loss", "optimizer", "lr_scheduler")  # not needed to predict; rebuilt for --refit only
 # Packages whose classes a checkpoint may name for its optimizer, scheduler or loss (used by --refit only).
 _TRUSTED_PREFIXES = ("torch.optim.", "torch.nn.", "tsattn.")
 _SUFFIXES = {".csv": ",", ".tsv": "\t"}
@@ -134,8 +138,8 @@ class LoadedCheckpoint:
         """Constructor arguments for a fresh copy to train (``--refit``): ``hparams`` plus the optimizer,
         scheduler and loss, rebuilt from their stored class paths when those name torch or tsattn classes."""
         kwargs = dict(self.hparams)
-        params = _init_params(self.model_class)
-        for name in _OBJECT_HPARAMS:
+        params = init_params(self.model_class)
+        for name in OBJECT_HPARAMS:
             if name in params and name in self.raw_hparams:
                 obj = _object_from_config(name, self.raw_hparams[name])
                 if obj is not None:
@@ -145,18 +149,6 @@ class LoadedCheckpoint:
     def new_model(self) -> Forecaster:
         """A freshly initialised forecaster with the same class and hyperparameters."""
         return self.model_class(**self.training_hparams())
-
-
-def _init_params(cls: type) -> set[str]:
-    params = set()
-    for klass in cls.__mro__:
-        if klass is object or "__init__" not in vars(klass):
-            continue
-        sig = inspect.signature(klass.__init__)
-        params |= {n for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-        if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-            break  # a constructor without **kwargs takes exactly its own arguments
-    return params
 
 
 def _resolve_class(
@@ -171,40 +163,12 @@ def _resolve_class(
         if not model:
             msg += "; if you trust it, pass --model " + str(hparams.get("_class_path"))
         raise CheckpointError(msg) from None
-    return cls if cls is not None else _identify_class(hparams, state_dict, forecaster_classes())
-
-
-def _identify_class(
-    hparams: dict[str, Any], state_dict: dict[str, torch.Tensor], known: dict[str, type[Forecaster]]
-) -> type[Forecaster]:
-    """A checkpoint saved by a plain ``Trainer`` holds no class name: find the forecaster whose constructor takes
-    exactly the stored hyperparameters and whose state dict has the stored keys and shapes."""
-    keys = {k for k in hparams if not k.startswith("_")} - set(_OBJECT_HPARAMS)
-    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-    matches: list[tuple[int, str, type[Forecaster]]] = []
-    for name, cls in sorted(known.items()):
-        params = _init_params(cls)
-        if not keys <= params:
-            continue
-        try:
-            candidate = cls(**{k: hparams[k] for k in keys})
-        except Exception:  # probing: a class that cannot be built from these arguments is not the one
-            continue
-        if {k: tuple(v.shape) for k, v in candidate.state_dict().items()} == shapes:
-            matches.append((len(params - keys - set(_OBJECT_HPARAMS)), name, cls))
-    if not matches:
-        raise CheckpointError(
-            "the checkpoint names no model class and matches no known forecaster; pass --model NAME "
-            f"(one of {', '.join(sorted(known))})"
-        )
-    matches.sort(key=lambda m: m[0])
-    best = [m for m in matches if m[0] == matches[0][0]]
-    if len(best) > 1:
-        raise CheckpointError(
-            f"the checkpoint names no model class and fits {', '.join(m[1] for m in best)}; pass --model NAME"
-        )
-    log.info("checkpoint without a class path: identified as %s", best[0][1])
-    return best[0][2]
+    if cls is not None:
+        return cls
+    try:
+        return identify_class(hparams, state_dict)
+    except ValueError as err:
+        raise CheckpointError(f"{err}; pass --model NAME") from None
 
 
 def _object_from_config(name: str, value: Any) -> Any:
@@ -257,8 +221,8 @@ def load_checkpoint(path: str | os.PathLike, model: str | None = None) -> Loaded
             "`tsattn fit` or Trainer.fit(model, datamodule=SeriesDataModule(...))"
         )
     cls = _resolve_class(raw, ckpt["state_dict"], model)
-    params = _init_params(cls)
-    hparams = {k: v for k, v in raw.items() if k in params and k not in _OBJECT_HPARAMS}
+    params = init_params(cls)
+    hparams = {k: v for k, v in raw.items() if k in params and k not in OBJECT_HPARAMS}
     try:
         net = cls(**hparams)
         net.load_state_dict(ckpt["state_dict"], strict=True)

@@ -96,15 +96,19 @@ class Forecaster(L.LightningModule):
         class name is looked up among tsattn's imported forecasters only, so loading never runs code from the file.
         """
         if cls is Forecaster:
-            from tsattn.models.registry import checkpoint_class
+            from tsattn.models.registry import checkpoint_class, identify_class
 
             ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            sub = checkpoint_class(ckpt.get("hyper_parameters") or {})
-            if sub is None:
-                raise ValueError(
-                    f"{checkpoint_path} names no model class; load it with the forecaster class that saved it, "
-                    "e.g. Linear.load_from_checkpoint(path)"
-                )
+            hparams = ckpt.get("hyper_parameters") or {}
+            sub = checkpoint_class(hparams)
+            if sub is None:  # saved by a plain Trainer: the class whose arguments and weights fit
+                try:
+                    sub = identify_class(hparams, ckpt.get("state_dict") or {})
+                except ValueError as err:
+                    raise ValueError(
+                        f"{checkpoint_path}: {err}; load it with the forecaster class that saved it, e.g. "
+                        "Linear.load_from_checkpoint(path)"
+                    ) from None
             return sub.load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
