@@ -98,6 +98,10 @@ def test_explain_shapes(dm) -> None:
     assert out["token_ends"].tolist() == [7, 11, 15, 19, 23]
     assert out["forecast"].shape == (b, HORIZON, c) and out["closed_form"].shape == (b, HORIZON, c)
     assert out["cycle"].shape == (dm.period, c)
+    with pytest.raises(ValueError, match=rf"expects past windows of shape \(batch, {LOOKBACK}, {c}\), got"):
+        model.explain({"past": batch["past"][:, 1:], "time_idx": batch["time_idx"]})
+    with pytest.raises(TypeError, match=r"got a dict; of a batch dict, pass batch\['past'\]"):
+        model(batch)
     for decays, half_lives in zip(out["decays"], out["half_lives"], strict=True):
         assert decays.shape == (2,) and ((decays > 0) & (decays < 1)).all()
         torch.testing.assert_close(half_lives, torch.log(torch.tensor(0.5)) / torch.log(decays))

@@ -175,6 +175,12 @@ class Forecaster(L.LightningModule):
         return pred[..., self.median_index] if self.quantiles else pred
 
     def _check_past(self, past: Tensor) -> None:
+        if not isinstance(past, Tensor):
+            raise TypeError(
+                f"{type(self).__name__} takes past windows as a tensor (batch, {self.lookback}, {self.n_channels}), "
+                f"got a {type(past).__name__}"
+                + ("; of a batch dict, pass batch['past'] and batch['time_idx']" if isinstance(past, dict) else "")
+            )
         if past.ndim != 3 or past.shape[1] != self.lookback or past.shape[2] != self.n_channels:
             raise ValueError(
                 f"{type(self).__name__} expects past windows of shape (batch, {self.lookback}, {self.n_channels}), "

@@ -626,6 +626,7 @@ class EMAAttentionForecaster(Forecaster):
             (or None).
         """
         past, time_idx = batch["past"], batch.get("time_idx")
+        self._check_past(past)
         b = past.shape[0]
         x, linear, channels = self._parts(past, time_idx)
         x = self._context(x)
