@@ -227,6 +227,13 @@ def test_time_held_in_the_index(tmp_path, wide_frame, long_frame):
     assert read_series(panel, id_col="id").lengths() == {"s0": 30, "s1": 40}
 
 
+@pytest.mark.parametrize("missing", ["error", "ffill", "interpolate", "ignore"])
+def test_error_column_without_a_number(wide_frame, missing):
+    df = wide_frame(30, channels=2).assign(x1=np.nan)
+    with pytest.raises(ValueError, match=r"column\(s\) \['x1'\] hold no finite value at all; leave them out"):
+        read_series(df, missing=missing)
+
+
 def test_error_missing_file(tmp_path):
     with pytest.raises(ValueError, match=r"nope\.csv: file not found") as info:
         read_series(tmp_path / "nope.csv")

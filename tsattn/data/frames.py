@@ -633,6 +633,12 @@ def read_series(
     out = pd.DataFrame(data).sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
 
     _check_duplicates(out, where, id_col)
+    empty = [c for c, bad in zip(target_cols, _nonfinite(out, target_cols).all(axis=0), strict=True) if bad]
+    if empty:  # no missing-value policy can fill or keep a column without one number
+        raise ValueError(
+            f"{where.name}: column(s) {empty} hold no finite value at all; leave them out with target_cols=[...] "
+            "(--data.target_cols in tsattn fit) or fill them in"
+        )
     if missing == "ignore":
         out = _drop_nonfinite(out, target_cols, where)
     freq, step, regular = _frame_freq(out, where)
