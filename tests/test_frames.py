@@ -234,6 +234,13 @@ def test_error_column_without_a_number(wide_frame, missing):
         read_series(df, missing=missing)
 
 
+def test_long_csv_ids_kept_as_written(tmp_path, long_frame):
+    df = long_frame((30, 40))
+    df["id"] = df["id"].map({"s0": "007", "s1": "010"})  # numbers to pandas, names to the user
+    df.to_csv(tmp_path / "panel.csv", index=False)
+    assert read_series(tmp_path / "panel.csv", id_col="id").series_ids == ["007", "010"]
+
+
 def test_error_missing_file(tmp_path):
     with pytest.raises(ValueError, match=r"nope\.csv: file not found") as info:
         read_series(tmp_path / "nope.csv")

@@ -157,7 +157,9 @@ def check_length(unique_id: str, length: int, needed: int, *, source: str = "", 
 # --------------------------------------------------------------------------------------------------- reading
 
 
-def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tuple[pd.DataFrame, _Where]:
+def _load(
+    source: str | os.PathLike | pd.DataFrame, time_col: str | None, id_col: str | None = None
+) -> tuple[pd.DataFrame, _Where]:
     """Return a private copy of the input with string column names and a row-reference column."""
     if isinstance(source, pd.DataFrame):
         where = _Where("<DataFrame>", is_file=False)
@@ -179,7 +181,8 @@ def _load(source: str | os.PathLike | pd.DataFrame, time_col: str | None) -> tup
                 df = _index_as_columns(pd.read_parquet(path), time_col)  # a time index saved with the frame
                 where = _Where(path.name, is_file=False)
             else:
-                df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", low_memory=False)
+                ids = {id_col: str} if id_col is not None else None  # ids as written ('007', not 7)
+                df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", low_memory=False, dtype=ids)
         except pd.errors.EmptyDataError:
             raise ValueError(
                 f"{path.name}: the file is empty. Expected a header line (a time column and value columns) "
@@ -567,7 +570,7 @@ def read_series(
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing={missing!r} is not a policy; use one of {', '.join(MISSING_POLICIES)}.")
-    df, where = _load(source, time_col)
+    df, where = _load(source, time_col, id_col)
     columns = [c for c in df.columns if c != _ROW]
 
     for arg, name in (("id_col", id_col), ("time_col", time_col)):
