@@ -258,7 +258,7 @@ class TsattnCLI(LightningCLI):
             callbacks.append(TestErrors())  # the per-window test errors behind the standard errors of the report
         return self._instantiate_trainer(config, callbacks)
 
-    # ----------------------------------------------------------------- after the subcommands
+    # ----------------------------------------------------------------- around the subcommands
     def before_fit(self) -> None:
         if self._get(self.config, "test_after_fit"):
             for compare in _names(self._get(self.config, "compare")):
@@ -393,10 +393,11 @@ def _selected_checkpoint(trainer: Trainer, model: Forecaster) -> str | None:
 def _new_name(path: Path) -> Path:
     """``path``, or, where a file has that name (an earlier run's, in a shared folder), the first free name with
     a version suffix as ModelCheckpoint gives (``best-start-v1.ckpt``)."""
-    version = 0
-    while path.with_stem(f"{path.stem}-v{version}" if version else path.stem).exists():
+    candidate, version = path, 0
+    while candidate.exists():
         version += 1
-    return path.with_stem(f"{path.stem}-v{version}" if version else path.stem)
+        candidate = path.with_stem(f"{path.stem}-v{version}")
+    return candidate
 
 
 def _names(values: Sequence[str] | str | None) -> list[str]:
