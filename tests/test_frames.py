@@ -354,6 +354,21 @@ def test_error_empty_timestamp(tmp_path):
         read_series(path)
 
 
+def test_time_hints_for_clock_times(tmp_path):
+    times = list(pd.date_range("2024-10-26 20:00", periods=10, freq="h").strftime("%Y-%m-%d %H:%M"))
+    times.insert(7, times[6])  # 02:00 twice: the night daylight saving time ends, in local clock times
+    with pytest.raises(ValueError, match=r"appears more than once.*hour repeated when daylight saving time ends"):
+        read_series(_csv(tmp_path, "date,a\n" + _rows(range(11), times)))
+    daily = list(pd.date_range("2024-01-01", periods=10, freq="D").strftime("%Y-%m-%d"))
+    daily.insert(7, daily[6])
+    with pytest.raises(ValueError, match=r"appears more than once") as info:
+        read_series(_csv(tmp_path, "date,a\n" + _rows(range(11), daily), "daily.csv"))
+    assert "daylight" not in str(info.value)
+    zoned = [f"2024-03-{d:02d} 00:00:00 CET" for d in range(1, 8)]
+    with pytest.raises(ValueError, match=r"not a timestamp.*Time zone names are not read: give UTC offsets"):
+        read_series(_csv(tmp_path, "date,a\n" + _rows(range(7), zoned), "zoned.csv"))
+
+
 def test_error_numeric_time_column(tmp_path):
     path = _csv(tmp_path, "time,a\n0.0,1\n0.02,2\n0.04,3\n")
     with pytest.raises(

@@ -344,9 +344,12 @@ def _parse_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
                 f"{where.name}: column '{col}' has an empty timestamp on {row}. Every row needs a timestamp; "
                 "fill it in or drop the row."
             )
+        zone = bool(re.search(r"(\s[A-Z]{3,5}|[A-Za-z]+/[A-Za-z_]+)\s*$", str(value)))  # 'CET', 'Europe/Berlin'
         raise ValueError(
             f"{where.name}: column '{col}' has a value that is not a timestamp on {row}: {value!r}. "
             "Fix the value (e.g. '2024-01-31 13:00:00') or drop the row."
+            + (" Time zone names are not read: give UTC offsets instead (e.g. '2024-01-31 13:00:00+01:00')."
+               if zone else "")
         )
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)  # one clock for all rows
@@ -676,12 +679,18 @@ def _check_duplicates(out: pd.DataFrame, where: _Where, id_col: str | None) -> N
     same = d[(d["unique_id"] == first["unique_id"]) & (d["ds"] == first["ds"])]
     rows = sorted(int(r) for r in same[_ROW])[:2]
     keys = f"[{id_col!r}, <time column>]" if id_col else "the time column"
+    series = out["unique_id"] == first["unique_id"]
+    repeats = d.loc[d["unique_id"] == first["unique_id"], "ds"].nunique()
+    clock = first["ds"] != first["ds"].normalize() and repeats <= 2 + int(series.sum()) // 4000  # ~one hour a year
     raise ValueError(
         f"{where.name}: timestamp {first['ds']} appears more than once in series '{first['unique_id']}' "
         f"({where.rows(rows)}). Each series needs one row per timestamp: drop the duplicates "
         f"(df.drop_duplicates(subset=...)) or aggregate them (df.groupby({keys}).mean()) first."
         + ("" if id_col else " If the file holds several series (a long table), name their id column with id_col "
            "(--data.id_col in tsattn fit, --id-col in forecast and backtest).")
+        + (" If the times are local clock times, this may be the hour repeated when daylight saving time ends: "
+           "write them with their UTC offset (e.g. '2024-10-27 02:00+02:00', then '+01:00'), read in UTC."
+           if clock else "")
     )
 
 
