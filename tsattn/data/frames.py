@@ -393,13 +393,13 @@ def _read_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
 def _to_float(df: pd.DataFrame, col: str, where: _Where, times: pd.Series) -> np.ndarray:
     raw = df[col]
 
-    def refuse(bad: np.ndarray, what: Callable[[int], str], fix: str) -> None:
-        """A ValueError naming the first cell flagged in *bad*, if any."""
+    def refuse(bad: np.ndarray, what: Callable[[int], str], fix: str, hint: Callable[[], str] = str) -> None:
+        """A ValueError naming the first cell flagged in *bad*, if any; ``hint()`` is added (only then computed)."""
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(
                 f"{where.name}: column '{col}' holds {what(i)} on {where.row(int(df[_ROW].iloc[i]))} "
-                f"(timestamp {times.iloc[i]}){fix}"
+                f"(timestamp {times.iloc[i]}){fix}{hint()}"
             )
 
     if is_bool_dtype(raw) or is_numeric_dtype(raw):
@@ -410,7 +410,8 @@ def _to_float(df: pd.DataFrame, col: str, where: _Where, times: pd.Series) -> np
             (num.isna() & raw.notna()).to_numpy(),
             lambda i: f"a non-numeric value {raw.iloc[i]!r}",
             ". Target columns must hold numbers: fix the cell (or leave it empty for a missing value), or leave the "
-            f"column out with target_cols=[...].{_format_hint(df, [col])}",
+            "column out with target_cols=[...].",
+            lambda: _format_hint(df, [col]),
         )
         values = num.to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(invalid="ignore"):
