@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from types import SimpleNamespace
 
@@ -125,3 +126,24 @@ def test_only_the_lowest_trained_epoch_is_weighed_against_the_start():
 def test_bad_block_rule_is_refused():
     with pytest.raises(ValueError, match="min_blocks"):
         BestWeights(blocks=2, min_blocks=3)
+
+
+def test_scored_states_travel_in_checkpoints(wide_frame):
+    # a fit resumed from a checkpoint must still weigh the start and the epochs scored before it
+    model, best, _ = _fit(wide_frame(400), lr=1e-2, epochs=2)
+    state = best.state_dict()
+    assert set(state) == {"start", "trained"}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    resumed = BestWeights()
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert (resumed.best_epoch, resumed.best_score) == (best.best_epoch, best.best_score)
+    for name in ("start", "trained"):
+        torch.testing.assert_close(getattr(resumed, name).windows, getattr(best, name).windows)
+        for key, value in getattr(best, name).state.items():
+            torch.testing.assert_close(getattr(resumed, name).state[key], value)
+    # the closed-form parts do not train: the trained state holds the start's tensors, not copies of them
+    start, trained = best.start.state, best.trained.state
+    assert trained["features.omega"] is start["features.omega"]
+    assert trained["net.head.1.weight"] is not start["net.head.1.weight"]

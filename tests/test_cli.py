@@ -227,6 +227,27 @@ def test_shared_checkpoint_folder_keeps_each_runs_start(wide_csv, tmp_path):
     assert [p.name for p in saved] == ["best-start.ckpt", "best-start-v1.ckpt"] and all(p.is_file() for p in saved)
 
 
+@pytest.mark.parametrize("model, kept", [(cli.DEFAULT_MODEL, "best-start"), ("Linear", "best-epoch=")])
+def test_resumed_finished_fit_tests_the_kept_weights_from_another_folder(model, kept, wide_csv, tmp_path, monkeypatch):
+    # a finished fit resumed from last.ckpt, its run folder named relative to another working directory: the
+    # weights the first fit kept (its start, or a trained epoch) are tested again, and saved in the new run folder
+    first, other = tmp_path / "first", tmp_path / "other"
+    first.mkdir(), other.mkdir()
+    monkeypatch.chdir(first)
+    wreck = ["--model.optimizer", "SGD", "--model.optimizer.lr", "1e4"] if model == cli.DEFAULT_MODEL else []
+    main(fit_args(wide_csv, Path("runs"), "--model", model, "--trainer.max_epochs", "2", *wreck))
+    run = first / "runs" / "version_0"
+    before = json.loads((run / "metrics.json").read_text())
+    assert Path(before["checkpoint"]).name.startswith(kept)
+    monkeypatch.chdir(other)
+    main(["fit", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    after = json.loads((other / "runs" / "version_0" / "metrics.json").read_text())
+    path = Path(after["checkpoint"])
+    assert path.parent == Path("runs/version_0/checkpoints") and path.name.startswith(kept) and path.is_file()
+    for key in METRIC_KEYS:
+        assert after["test"][model][key] == pytest.approx(before["test"][model][key], rel=1e-6)
+
+
 def test_ema_weights_option(wide_csv, tmp_path):
     main(fit_args(wide_csv, tmp_path, "--ema_weights", "true", "--ema_decay", "0.9", "--model", "Linear"))
     ckpt = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)

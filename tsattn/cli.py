@@ -371,6 +371,7 @@ def _selected_checkpoint(trainer: Trainer, model: Forecaster) -> str | None:
     That is ModelCheckpoint's best, unless `BestWeights` kept the state before the first training step (a
     closed-form start that no trained epoch beat, or beat in too few blocks of the validation windows), or nothing
     was trained (``max_epochs=0``): then that state is saved as ``best-start.ckpt`` beside the other checkpoints.
+    A trained epoch that ModelCheckpoint's best file does not hold (a resumed fit) is saved as ``best-epoch=N.ckpt``.
     None when nothing was checkpointed (test the model as is).
     """
     best = next((c for c in trainer.callbacks if isinstance(c, BestWeights)), None)
@@ -387,7 +388,26 @@ def _selected_checkpoint(trainer: Trainer, model: Forecaster) -> str | None:
         else:
             log.info("the start (%s %.4f) was kept; saved as %s", best.monitor, best.best_score, path)
         return str(path)
-    return (ckpt.best_model_path or None) if isinstance(ckpt, ModelCheckpoint) else None
+    path = (ckpt.best_model_path or None) if isinstance(ckpt, ModelCheckpoint) else None
+    if dirpath and best is not None and best.best is not None and not _holds_best(ckpt, best):
+        # A resumed fit: the best file may be named relative to another folder, or ModelCheckpoint (its folder
+        # changed) knows only the epochs run since; the kept weights, restored above, are saved here.
+        path = _new_name(Path(dirpath) / f"best-epoch={best.best_epoch}.ckpt")
+        trainer.save_checkpoint(path)
+        log.info("epoch %d (%s %.4f) was kept; saved as %s", best.best_epoch, best.monitor, best.best_score, path)
+        return str(path)
+    return path
+
+
+def _holds_best(ckpt: ModelCheckpoint, best: BestWeights) -> bool:
+    """Whether ModelCheckpoint's best file exists and holds the epoch `best` kept (the same validation score)."""
+    score = ckpt.best_model_score
+    return (
+        bool(ckpt.best_model_path)
+        and Path(ckpt.best_model_path).is_file()
+        and score is not None
+        and math.isclose(float(score), best.best_score, rel_tol=1e-6)
+    )
 
 
 def _new_name(path: Path) -> Path:

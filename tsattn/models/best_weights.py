@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
@@ -54,7 +55,8 @@ class BestWeights(Callback):
     loader (time order for one series). ``blocks=1`` keeps the lowest score alone. Put it before any
     weight-averaging callback, so that it sees the (averaged) weights validation used. After ``Trainer.fit``,
     `restore` loads the kept weights into the module; `start_won` says whether they are the start; `start_seconds`
-    is how long scoring the start took (one pass over the validation loader).
+    is how long scoring the start took (one pass over the validation loader). The scored states travel in the
+    Trainer's checkpoints, so a fit resumed from ``last.ckpt`` still chooses among the start and every epoch.
 
     Args:
         monitor: the logged validation metric to minimise, ``val/mse`` or ``val/mae`` (the start and the blocks are
@@ -163,7 +165,7 @@ class BestWeights(Callback):
         log.info("epoch %d: %s %.4f", trainer.current_epoch, self.monitor, score)
         if self.trained is None or score < self.trained.score:
             windows = torch.cat(self._windows) if self._windows else None
-            state = copy.deepcopy(pl_module.state_dict())
+            state = self._copy(pl_module.state_dict())
             self.trained = _Candidate(score, trainer.current_epoch, state, windows)
             if self.start is not None and score < self.start.score and not self._trained_wins():
                 log.info(
@@ -173,7 +175,35 @@ class BestWeights(Callback):
                     self.blocks,
                 )
 
+    def _copy(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A copy of a module's state whose tensors equal to the start's are the start's (checkpoints hold them once:
+        the closed-form parts do not train)."""
+        start = self.start.state if self.start is not None else {}
+        return {
+            key: start[key] if _same(start.get(key), value) else copy.deepcopy(value) for key, value in state.items()
+        }
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The scored candidates (plain tensors and numbers: loads with ``torch.load(weights_only=True)``)."""
+        return {name: dict(vars(c)) for name, c in (("start", self.start), ("trained", self.trained)) if c is not None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for name in ("start", "trained"):
+            if name in state_dict:
+                setattr(self, name, _Candidate(**state_dict[name]))
+
     def restore(self, pl_module: L.LightningModule) -> None:
         """Load the kept weights into ``pl_module`` (nothing happens when nothing was scored)."""
         if self.best_state is not None:
             pl_module.load_state_dict(self.best_state)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are tensors of one shape, dtype and device holding the same values."""
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device)
+        and torch.equal(a, b)
+    )
