@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,6 +20,7 @@ from tsattn import cli
 from tsattn.cli import TsattnCLI, _drop_lightning_tips, main
 from tsattn.data import SeriesDataModule
 from tsattn.forecast import load_checkpoint
+from tsattn.forecast import main as fc_main
 from tsattn.metrics import mean_se
 from tsattn.models import Forecaster
 
@@ -187,6 +189,37 @@ def test_too_few_test_windows_give_no_standard_error(wide_csv, tmp_path, capsys)
     assert rows["SeasonalNaive"]["test/mse_diff"] == pytest.approx(
         rows["SeasonalNaive"]["test/mse"] - rows["Naive"]["test/mse"], rel=1e-4
     )
+
+
+def test_predict_and_forecast_scale_a_file_alike(wide_csv, tmp_path, capsys):
+    # the file trained on reuses its stored scaler, a renamed copy at another level is a series of its own, scaled
+    # on all its rows: both commands give the same forecasts for either file
+    main(fit_args(wide_csv, tmp_path, "--model", "RidgeCycle"))
+    run = tmp_path / "version_0"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    renamed = tmp_path / "renamed.csv"
+    frame = pd.read_csv(wide_csv)
+    frame.assign(**{c: frame[c] * 3 + 50 for c in ("x0", "x1", "x2")}).to_csv(renamed, index=False)
+    yhat = {}
+    for k, path in enumerate((wide_csv, renamed)):
+        main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt), "--data.path", str(path)])
+        predicted = pd.read_csv(tmp_path / f"version_{k + 1}" / "predictions.csv")
+        out = tmp_path / f"f{k}.csv"
+        assert fc_main(["--ckpt", str(ckpt), "--input", str(path), "--output", str(out),
+                        "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]) == 0
+        forecast = pd.read_csv(out)
+        assert len(forecast) == len(predicted) == 6 * 3
+        yhat[path.stem] = forecast["yhat"].to_numpy()
+        np.testing.assert_allclose(yhat[path.stem], predicted["yhat"].to_numpy(), rtol=1e-6)
+    # the copy is scaled on all its rows, the trained file on its training rows: close to an affine map, not equal
+    np.testing.assert_allclose(yhat["renamed"], yhat[wide_csv.stem] * 3 + 50, rtol=0.02)
+    assert not np.allclose(yhat["renamed"], yhat[wide_csv.stem] * 3 + 50, rtol=1e-4)
+    # predict needs the lookback alone, not the rows of the run's split
+    short = tmp_path / "short.csv"
+    frame.tail(24).to_csv(short, index=False)
+    main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt), "--data.path", str(short)])
+    assert len(pd.read_csv(tmp_path / "version_3" / "predictions.csv")) == 6 * 3
+    capsys.readouterr()
 
 
 def test_closed_form_start_kept_when_training_hurts(wide_csv, tmp_path):

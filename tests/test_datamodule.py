@@ -338,13 +338,25 @@ def test_for_prediction_seen_and_unseen_series(long_frame, tmp_path):
     assert pdm.series_ids == ["s0"] and np.array_equal(pdm.loc[0], dm.loc[0])
 
 
-def test_for_prediction_single_wide_series_renamed(wide_frame, tmp_path):
-    dm = SeriesDataModule(frame=wide_frame(200, channels=2), lookback=12, horizon=6)
-    newer = tmp_path / "plant_2025.csv"
-    wide_frame(50, channels=2, seed=3).to_csv(newer, index=False)
-    pdm = SeriesDataModule.for_prediction(dm.state_dict(), newer)
-    assert pdm.series_ids == ["plant_2025"]
-    np.testing.assert_array_equal(pdm.loc, dm.loc)
+def test_for_prediction_matches_wide_series_by_file_stem(wide_frame, tmp_path):
+    # a wide file's series is its stem: the same stem reuses the stored scaler, another is a series of its own,
+    # scaled on its own history whether or not other series come with it (as in tsattn forecast)
+    trained = tmp_path / "plant.csv"
+    wide_frame(200, channels=2).to_csv(trained, index=False)
+    dm = SeriesDataModule(path=trained, lookback=12, horizon=6)
+    dm.setup("fit")
+    newer = tmp_path / "new" / "plant.csv"
+    newer.parent.mkdir()
+    wide_frame(50, channels=2, seed=3).assign(x0=lambda f: f.x0 + 100).to_csv(newer, index=False)
+    same = SeriesDataModule.for_prediction(dm.state_dict(), newer)
+    assert same.series_ids == ["plant"]
+    np.testing.assert_array_equal(same.loc, dm.loc)
+    renamed = tmp_path / "plant_2025.csv"
+    newer.rename(renamed)
+    other = SeriesDataModule.for_prediction(dm.state_dict(), renamed)
+    assert other.series_ids == ["plant_2025"]
+    own = pd.read_csv(renamed)[["x0", "x1"]].to_numpy()
+    np.testing.assert_allclose(other.loc[0], own.mean(0))
 
 
 class _Tiny(L.LightningModule):

@@ -232,6 +232,11 @@ class TsattnCLI(LightningCLI):
                 f"tsattn {self.subcommand} needs the fitted model: give --ckpt_path (a checkpoint of the run, e.g. "
                 "runs/<name>/version_0/checkpoints/last.ckpt) beside the run's --config"
             )
+        if self.subcommand == "predict":
+            # Forecasting past the end: every row is history, and an unseen series is scaled on all of it (as in
+            # tsattn forecast); the run's split would also ask a new file for rows it does not need.
+            data = (self.config[self.subcommand] if self.subcommand else self.config)["data"]
+            data.split, data.val_start, data.test_start = "none", None, None
         if self.subcommand in ("fit", "validate", "test") and self._get(self.config, "data.split") == "none":
             raise ValueError(
                 f"--data.split none puts every row in training, and {self.subcommand} needs validation and test rows; "

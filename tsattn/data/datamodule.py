@@ -7,8 +7,8 @@ training rows only (all rows with ``split="none"``) and kept as plain ``loc`` / 
 Forecasting new data from a checkpoint, without the training file: :meth:`SeriesDataModule.for_prediction`
 builds a module on the new data with the stored settings (columns, lookback, horizon, scaler kind, period) and
 ``split="none"``, then loads the stored state: series seen in training reuse their stored scaler, unseen series
-get a scaler fit on their own history. When both the checkpoint and the new data hold a single series of a wide
-file, that series is taken to be the same one (a renamed or updated file) and reuses the stored scaler.
+get a scaler fit on their own history. Series are matched by id alone (a wide file's is its stem), so a series
+is scaled the same whatever else the new data holds; ``tsattn forecast`` follows the same rule.
 """
 
 from __future__ import annotations
@@ -377,10 +377,9 @@ class SeriesDataModule(L.LightningDataModule):
         stored = {uid: k for k, uid in enumerate(state["series_ids"])}
         loc = np.asarray(state["loc"], dtype=np.float64).reshape(len(stored), self.n_channels)
         scale = np.asarray(state["scale"], dtype=np.float64).reshape(len(stored), self.n_channels)
-        one_wide = len(stored) == 1 and len(self.series_ids) == 1 and self.series_frame.id_col is None
         reused = []
         for k, uid in enumerate(self.series_ids):
-            j = stored.get(uid, 0 if one_wide else None)
+            j = stored.get(uid)
             if j is not None:
                 self.loc[k], self.scale[k] = loc[j], scale[j]
                 reused.append(uid)
