@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -374,6 +375,15 @@ def test_lightning_tips_are_dropped(caplog):
         rank_zero_info("💡 Tip: install something")
         rank_zero_info("GPU available: False")
     assert "Tip" not in caplog.text and "GPU available" in caplog.text
+
+
+def test_commands_print_no_library_warnings(wide_csv, tmp_path):
+    # what a user sees on stderr: Lightning's progress lines, no deprecation notes from inside the libraries
+    fit = fit_args(wide_csv, tmp_path, "--model", "Naive", "--trainer.log_every_n_steps", "1")
+    argv = [sys.executable, "-c", "import sys; from tsattn.cli import main; sys.exit(main())", *fit]  # the script
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "deprecated" not in done.stderr, done.stderr
 
 
 # ------------------------------------------------------------------------------------------------ bad arguments

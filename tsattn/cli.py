@@ -632,6 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     _drop_lightning_tips()
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     if args and args[0] in EXTRA_COMMANDS:
         code = _resolve_command(EXTRA_COMMANDS[args[0]])(args[1:])
         return int(code or 0)
@@ -642,6 +644,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _fail(_message(exc))
     return 0
+
+
+# Lightning's notes on what the commands do on purpose (closed-form forecasters fit without an optimizer or a
+# training loss), and on its own use of a torch API: nothing a user of the commands can act on.
+QUIET_WARNINGS = (
+    r".*configure_optimizers` returned `None`",
+    r".*`training_step` returned `None`",
+    r".*isinstance\(treespec, LeafSpec\)",
+)
 
 
 def _drop_lightning_tips() -> None:
