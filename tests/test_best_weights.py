@@ -147,3 +147,14 @@ def test_scored_states_travel_in_checkpoints(wide_frame):
     start, trained = best.start.state, best.trained.state
     assert trained["features.omega"] is start["features.omega"]
     assert trained["net.head.1.weight"] is not start["net.head.1.weight"]
+
+
+def test_checkpoints_hold_the_closed_form_parts_once(wide_frame, tmp_path):
+    model, best, _ = _fit(wide_frame(400), lr=1e-2, epochs=2)
+    trainer = model.trainer
+    trainer.save_checkpoint(tmp_path / "full.ckpt")
+    trainer.save_checkpoint(tmp_path / "weights.ckpt", weights_only=True)
+    full = torch.load(tmp_path / "full.ckpt", weights_only=True)
+    assert full["callbacks"]["BestWeights"]["trained"]["epoch"] == best.trained.epoch
+    # two more states of the model (start and best epoch) and the optimizer's moments, in a fraction more space
+    assert (tmp_path / "full.ckpt").stat().st_size < 1.3 * (tmp_path / "weights.ckpt").stat().st_size

@@ -188,6 +188,16 @@ class BestWeights(Callback):
         """The scored candidates (plain tensors and numbers: loads with ``torch.load(weights_only=True)``)."""
         return {name: dict(vars(c)) for name, c in (("start", self.start), ("trained", self.trained)) if c is not None}
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # Candidate tensors equal to the module's (the closed-form parts, which do not train) are stored as the
+        # module's own tensors, which the file then holds once.
+        module = checkpoint.get("state_dict") or {}
+        for candidate in (checkpoint.get("callbacks") or {}).get(self.state_key, {}).values():
+            candidate["state"] = {
+                key: module[key] if _same(module.get(key), value) else value
+                for key, value in candidate["state"].items()
+            }
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for name in ("start", "trained"):
             if name in state_dict:
