@@ -152,7 +152,7 @@ def test_test_and_predict_from_saved_run(wide_csv, tmp_path, capsys):
     main(["predict", *args])
     frame = pd.read_csv(tmp_path / "version_2" / "predictions.csv")
     assert list(frame.columns[:4]) == ["unique_id", "ds", "cutoff", "yhat"]
-    assert len(frame) == 6 * 3 and set(frame.unique_id) == {"x0", "x1", "x2"}
+    assert len(frame) == 6 * 3 and set(frame.unique_id) == {"wide/x0", "wide/x1", "wide/x2"}  # as tsattn forecast
     assert pd.to_datetime(frame.ds).min() > pd.to_datetime(frame.cutoff).max()
     capsys.readouterr()
     for sub in ("test", "predict", "validate"):  # without the checkpoint: an unfitted model, refused
@@ -210,6 +210,7 @@ def test_predict_and_forecast_scale_a_file_alike(wide_csv, tmp_path, capsys):
                         "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]) == 0
         forecast = pd.read_csv(out)
         assert len(forecast) == len(predicted) == 6 * 3
+        assert list(forecast["unique_id"]) == list(predicted["unique_id"])
         yhat[path.stem] = forecast["yhat"].to_numpy()
         np.testing.assert_allclose(yhat[path.stem], predicted["yhat"].to_numpy(), rtol=1e-6)
     # the copy is scaled on all its rows, the trained file on its training rows: close to an affine map, not equal

@@ -576,13 +576,12 @@ def write_forecast_plot(
 def _predictions_frame(model: Forecaster, datamodule: SeriesDataModule, outputs: list[dict[str, Any]]) -> Any:
     """Tidy forecasts: ``unique_id, ds, cutoff, yhat`` (+ one column per quantile), original units.
 
-    For one series each channel is a ``unique_id`` (its column name); for many, ``series/column`` (or the series
-    id when there is one channel).
+    Each channel of each series is a ``unique_id``: ``series/column``, or the series id when there is one channel
+    (as in ``tsattn forecast``; a wide file's series id is its stem).
     """
     import pandas as pd
 
     channels = list(datamodule.target_cols)
-    many = len(datamodule.series_ids) > 1
     rows: list[pd.DataFrame] = []
     for out in outputs:
         yhat = out["yhat"].cpu().numpy()  # (B, H, C[, Q])
@@ -593,7 +592,7 @@ def _predictions_frame(model: Forecaster, datamodule: SeriesDataModule, outputs:
             cutoff = _timestamps(datamodule, sid, t0 - 1, 1)[0]
             series = datamodule.series_ids[sid]
             for c, col in enumerate(channels):
-                uid = (f"{series}/{col}" if len(channels) > 1 else series) if many else col
+                uid = f"{series}/{col}" if len(channels) > 1 else series
                 frame = pd.DataFrame({"unique_id": uid, "ds": ds, "cutoff": cutoff})
                 if yhat.ndim == 4:
                     frame["yhat"] = yhat[j, :, c, model.median_index]
