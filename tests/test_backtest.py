@@ -100,6 +100,27 @@ def test_changing_data_after_a_cutoff_never_changes_that_fold(plain_ckpt, refit)
     assert not np.allclose(base.loc[~fold0, "yhat"], moved.loc[~fold0, "yhat"])  # the test can see a change
 
 
+@pytest.mark.parametrize("refit", [False, True], ids=["fixed", "refit"])
+def test_missing_values_are_filled_from_the_history_before_the_cutoff(plain_ckpt, refit):
+    # --missing interpolate: the last history row of fold 0 is missing; rows after the cutoff must not fill it
+    data = series(120)
+    windows, step = 2, 8
+    first = bt.fold_positions(len(data), HORIZON, windows, step)[0]
+    data.loc[first - 1, "y"] = np.nan
+    data.loc[first + 1, "y"] = np.nan  # an actual of fold 0: reported empty, not scored
+    kwargs = {"windows": windows, "step": step, "refit": refit, "missing": "interpolate",
+              "trainer": {"accelerator": "cpu", "max_epochs": 1}}
+    base = bt.backtest(plain_ckpt, data, **kwargs)
+    moved = bt.backtest(plain_ckpt, _perturb_after(data, first), **kwargs).forecasts
+    f = base.forecasts
+    fold0 = f["fold"] == 0
+    np.testing.assert_array_equal(f.loc[fold0, "yhat"].to_numpy(), moved.loc[fold0, "yhat"].to_numpy())
+    assert f.loc[fold0, "y"].isna().sum() == 1 and f["yhat"].notna().all()
+    step2 = base.metrics[base.metrics["step"] == 2].iloc[0]
+    err = f[(f["step"] == 2) & (f["fold"] == 1)]
+    assert step2["mse"] == pytest.approx(float(((err["y"] - err["yhat"]) ** 2).mean()))  # fold 1 alone is scored
+
+
 def test_long_panel_quantiles_and_skipped_folds(quantile_ckpt):
     frame = make_long_frame((60, 25), channels=1, id_col="id").rename(columns={"y0": "y"})
     res = bt.backtest(quantile_ckpt, frame, windows=3, step=3, id_col="id", trainer={"accelerator": "cpu"})

@@ -352,6 +352,28 @@ def test_cutoffs_use_only_rows_up_to_them(tmp_path, capsys, linear_ckpt):
         np.testing.assert_allclose(part["yhat"].to_numpy(), ref["yhat"].to_numpy(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["wide", "long"])
+def test_missing_values_at_a_cutoff_are_filled_from_the_rows_before_it(tmp_path, capsys, linear_ckpt, layout):
+    frame = make_wide_frame(120, 2, seed=4)
+    frame.loc[59, "x0"] = np.nan  # the last row up to the cutoff
+    frame = frame.drop(index=[58])  # and a missing step on the hourly grid
+    cut = frame["date"][59]
+    moved = frame.copy()
+    moved.loc[moved["date"] > cut, ["x0", "x1"]] *= 1000.0
+    tables = []
+    for k, data in enumerate((frame, moved)):
+        path = tmp_path / f"in{k}" / "plant.csv"
+        path.parent.mkdir()
+        (data.assign(id="p1") if layout == "long" else data).to_csv(path, index=False)
+        id_args = ["--id-col", "id"] if layout == "long" else []
+        code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", path, "--output", tmp_path / f"f{k}.csv",
+                             "--cutoffs", str(cut), "--missing", "interpolate", *id_args)
+        assert code == 0, err
+        tables.append(pd.read_csv(tmp_path / f"f{k}.csv"))
+    assert len(tables[0]) == 2 * HORIZON
+    np.testing.assert_array_equal(tables[0]["yhat"].to_numpy(), tables[1]["yhat"].to_numpy())
+
+
 def test_quantile_columns_melt_parquet_and_plots(tmp_path, capsys, quantile_ckpt):
     # A one-channel model on a wide file without its column: each numeric column is its own series.
     frame = make_wide_frame(100, 2).rename(columns={"x0": "a", "x1": "b"})

@@ -9,7 +9,9 @@
 ``[0, p_i)``, with ``p_i = T - H - (N-1-i) S``. Cutoffs are counted from each series' own end and reported as the
 last history timestamp. A fold without ``lookback`` history rows is skipped for that series (and reported).
 
-**Leakage.** Everything fitted on data sees only the rows before the fold's cutoff:
+**Leakage.** Everything fitted on data sees only the rows before the fold's cutoff, and so do the missing values
+filled by ``--missing ffill | interpolate``: each fold's history is filled on its own (actuals missing from the input
+stay empty in the forecasts and are not scored).
 
 - without ``--refit`` the checkpoint's model predicts every fold, and the scaler of every series is fit on the
   fold's history rows (the stored scalers are not used: they were fit on training data that may run past the
@@ -25,8 +27,8 @@ step, over folds: MSE, MAE, sMAPE (%), MASE (the error over the in-sample MAE of
 fold's history, season = the data's period or 1; as :func:`tsattn.metrics.mase`, per fold) and, for quantile
 models, the pinball loss (mean over levels) and the coverage of the interval between the lowest and highest level.
 The summary averages them over steps per ``unique_id`` and overall. MASE is undefined (NaN, with a warning) for a
-fold whose history is constant (the naive forecast's in-sample error is 0) or no longer than one season; such folds
-are left out of its averages, the ``all`` row's included.
+fold whose history is constant (the naive forecast's in-sample error is 0), no longer than one season, or without
+two known values one season apart; such folds are left out of its averages, the ``all`` row's included.
 """
 
 from __future__ import annotations
@@ -143,8 +145,10 @@ def _read_frames(
     targets = None if layout.melt else ctx.target_cols
 
     def read(part: Any):
+        # missing values are filled in each fold's history alone (by its DataModule): rows after a cutoff never
+        # fill one before it; the actuals keep them missing, and the metrics leave them out
         return read_series(part, id_col=layout.id_col, time_col=layout.time_col, target_cols=targets,
-                           missing=ctx.missing)
+                           missing=ctx.missing, fill=False)
 
     if layout.long:
         raw = source.copy() if is_frame else pd.read_csv(source, sep=_sep(Path(source)),
@@ -227,10 +231,14 @@ def _predict(model: L.LightningModule, parts: list[tuple[int, SeriesDataModule]]
 
 
 def _naive_scale(values: np.ndarray, p: int, season: int) -> np.ndarray | None:
-    """In-sample MAE of the seasonal naive forecast on rows [0, p) of *values* (T, C): (C,); None if p <= season."""
+    """In-sample MAE of the seasonal naive forecast on rows [0, p) of *values* (T, C), over the pairs of rows
+    with both values known: (C,), NaN where there is no such pair; None if p <= season."""
     if p <= season:
         return None
-    return np.mean(np.abs(values[season:p] - values[: p - season]), axis=0)
+    errors = np.abs(values[season:p] - values[: p - season])
+    known = np.isfinite(errors)
+    with np.errstate(invalid="ignore"):
+        return np.where(known, errors, 0.0).sum(axis=0) / known.sum(axis=0)
 
 
 def _scale_errors(actual: np.ndarray, pred: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
@@ -246,6 +254,7 @@ def _scale_errors(actual: np.ndarray, pred: np.ndarray, scale: np.ndarray | None
 
 
 _CONSTANT = "is constant (the seasonal naive forecast's in-sample error is 0)"
+_NO_PAIRS = "holds no two known values one season apart"
 _SHORT = "holds no more than one season ({season} rows), so the seasonal naive forecast has no in-sample error"
 
 
@@ -263,6 +272,10 @@ def _warn_undefined_mase(undefined: list[tuple[str, int, str]], shown: int = 10)
 
 
 def _metric_row(group: pd.DataFrame, quantile_cols: list[str], quantiles: list[float] | None) -> dict[str, float]:
+    group = group[group["y"].notna()]  # an actual missing from the input is not scored
+    if group.empty:
+        return dict.fromkeys(["mse", "mae", "smape", "mase"] + (["pinball", "coverage"] if quantiles else []),
+                             float("nan"))
     y = torch.tensor(group["y"].to_numpy(dtype=np.float64))
     yhat = torch.tensor(group["yhat"].to_numpy(dtype=np.float64))
     row = {
@@ -393,8 +406,8 @@ def _fixed_predictions(
     pending: list[tuple[int, SeriesDataModule]] = []
     rows = 0
     for fold, hist in folds:
-        built, bad = _isolate(hist, "unique_id", lambda part: ctx.module(part, "unique_id", "ds"), None, "fold")
-        skipped.extend((uid, None, f"fold {fold}: {why}") for uid, why in bad)
+        built, bad = _isolate(hist, "unique_id", lambda part: ctx.module(part, "unique_id", "ds"), None, _HISTORY)
+        skipped.extend(_fold_skips(hist, fold, bad))
         pending.extend((fold, dm) for dm in built)
         rows += len(hist)
         if rows >= _ROWS_PER_PREDICT:
@@ -404,6 +417,19 @@ def _fixed_predictions(
     if pending:
         preds.update(_predict(loaded.model, pending, ctx.batch_size, trainer))
     return preds, skipped
+
+
+_HISTORY = "the history before the cutoff"
+
+
+def _fold_skips(
+    hist: pd.DataFrame, fold: int, bad: list[tuple[str, str]], note: str = ""
+) -> list[tuple[str, str | None, str]]:
+    """``(id, cutoff, reason)`` of the series of fold *fold* that `_isolate` could not build."""
+    if not bad:
+        return []
+    last = hist.groupby("unique_id", sort=False)["ds"].max()
+    return [(uid, str(last[uid]) if uid in last.index else None, f"fold {fold}{note}: {why}") for uid, why in bad]
 
 
 def _refit_ratios(state: dict[str, Any]) -> tuple[float, float, float]:
@@ -439,8 +465,8 @@ def _refit_predictions(
         )
 
     for fold, hist in tqdm(folds, total=windows, desc="Refitting folds", file=sys.stderr, leave=False):
-        built, bad = _isolate(hist, "unique_id", module, None, "fold")
-        skipped.extend((uid, None, f"fold {fold} (refit): {why}") for uid, why in bad)
+        built, bad = _isolate(hist, "unique_id", module, None, _HISTORY)
+        skipped.extend(_fold_skips(hist, fold, bad, " (refit)"))
         for dm in built:
             L.seed_everything(seed, workers=True, verbose=False)
             net = loaded.new_model()
@@ -494,6 +520,7 @@ def _forecast_rows(
             undefined.extend((name, fold, _SHORT.format(season=season)) for name in names)
         else:
             undefined.extend((names[j], fold, _CONSTANT) for j in np.flatnonzero(scale == 0))
+            undefined.extend((names[j], fold, _NO_PAIRS) for j in np.flatnonzero(np.isnan(scale)))
         out["scaled_error"].append(_scale_errors(actual, point, scale).T.reshape(-1))
         if quantiles:
             qparts.append(np.ascontiguousarray(yhat.transpose(1, 0, 2)).reshape(c * h, -1))  # (C*H, Q)

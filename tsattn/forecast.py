@@ -15,7 +15,8 @@ files without its column: then every numeric column is a series of its own, ``<s
 series id for one-channel models and ``<series>/<column>`` for each channel of a multi-channel model (so a wide
 CSV gives one ``unique_id`` per column); ``cutoff`` is the last timestamp of the history used and ``ds`` continues
 the series' frequency from it. ``--cutoffs`` forecasts from each given time instead of from each series' end,
-using only the rows up to it. Series the model never saw work: their scaler is fit on their own history (up to
+using only the rows up to it (missing values, with ``--missing ffill | interpolate``, filled from those rows alone).
+Series the model never saw work: their scaler is fit on their own history (up to
 the cutoff); series seen in training reuse the scaler stored in the checkpoint.
 
 **Scale.** Series are read, validated and predicted in chunks (``--chunk-size`` series; long files are streamed,
@@ -551,9 +552,7 @@ def _spill(path: str, sep: str, id_col: str, chunk_of: dict[str, int], directory
 
 def _rewrite(message: str, lines: np.ndarray | None, source: str) -> str:
     """A read_series message about a DataFrame, re-pointed at the file: its name and line numbers."""
-    text = _one_line(message)
-    if text.startswith("<DataFrame>"):
-        text = source + text[len("<DataFrame>") :]
+    text = _one_line(message).replace("<DataFrame>", source)
     if lines is not None:
 
         def to_lines(match: re.Match) -> str:
@@ -778,6 +777,10 @@ class _ForecastWindows(IterableDataset):
     ) -> Iterator[tuple[SeriesDataModule, pd.Timestamp | None]]:
         ctx, layout, name = self.ctx, piece.layout, Path(piece.path).name
         skip = report.skipped
+        if ctx.cutoffs:
+            # Rows after a cutoff must not fill a missing value before it: cut the rows first, then fill.
+            yield from self._at_cutoffs(self._frames(k, piece, readers, spills, scratch, owned, skip), skip, name)
+            return
         if not layout.long:
             frames = self._wide(piece, skip)
             modules = self._canonical_modules(frames, skip, name)
@@ -810,9 +813,42 @@ class _ForecastWindows(IterableDataset):
                                         lines, name)
                 skip.extend((uid, None, why) for uid, why in bad)
         for dm in modules:
-            yield from self._at_cutoffs(dm, skip, name)
+            yield dm, None
 
-    def _wide(self, piece: _Piece, skip: list) -> list[tuple[pd.DataFrame, str | None]]:
+    def _frames(
+        self,
+        k: int,
+        piece: _Piece,
+        readers: dict[str, _RowReader],
+        spills: dict[str, dict[int, Path]],
+        scratch: Path,
+        owned: list[int],
+        skip: list,
+    ) -> list[tuple[pd.DataFrame, str | None]]:
+        """Canonical frames ``(frame, freq)`` of the piece's series, their missing values left unfilled."""
+        ctx, layout = self.ctx, piece.layout
+        if not layout.long:
+            return self._wide(piece, skip, fill=False)
+        raw, lines = self._long_rows(k, piece, readers, spills, scratch, owned)
+        id_col = layout.id_col
+        raw[id_col] = raw[id_col].fillna("")
+        drop = raw[id_col].isin(list(piece.exclude)).to_numpy()
+        if drop.any():
+            raw, lines = raw[~drop], lines[~drop]
+        if len(raw) == 0:
+            return []
+        targets = None if layout.melt else ctx.target_cols
+        sfs, bad = _isolate(
+            raw, id_col,
+            lambda part: read_series(part, id_col=id_col, time_col=layout.time_col, target_cols=targets,
+                                     missing=ctx.missing, fill=False),
+            lines, Path(piece.path).name,
+        )
+        skip.extend((uid, None, why) for uid, why in bad)
+        return [(_melt(sf.frame, sf.target_cols, ctx.target_cols[0]) if layout.melt else sf.frame, sf.freq)
+                for sf in sfs]
+
+    def _wide(self, piece: _Piece, skip: list, fill: bool = True) -> list[tuple[pd.DataFrame, str | None]]:
         ctx, layout, path = self.ctx, piece.layout, Path(piece.path)
         try:
             sf = read_series(
@@ -820,6 +856,7 @@ class _ForecastWindows(IterableDataset):
                 time_col=layout.time_col,
                 target_cols=None if layout.melt else ctx.target_cols,
                 missing=ctx.missing,
+                fill=fill,
             )
         except ValueError as err:
             skip.append((path.stem, None, _one_line(err)))
@@ -850,22 +887,20 @@ class _ForecastWindows(IterableDataset):
         return modules
 
     def _at_cutoffs(
-        self, dm: SeriesDataModule, skip: list, name: str
-    ) -> Iterator[tuple[SeriesDataModule, pd.Timestamp | None]]:
-        if not self.ctx.cutoffs:
-            yield dm, None
-            return
-        frame = dm.series_frame.frame
-        for cutoff in self.ctx.cutoffs:
-            kept, bad = _cut(frame, cutoff, self.ctx)
-            skip.extend((uid, str(cutoff), why) for uid, why in bad)
-            if len(kept) == 0:
-                continue
-            built, worse = _isolate(kept, "unique_id", lambda part: self.ctx.module(part, "unique_id", "ds"),
-                                    None, name)
-            skip.extend((uid, str(cutoff), why) for uid, why in worse)
-            for module in built:
-                yield module, cutoff
+        self, frames: list[tuple[pd.DataFrame, str | None]], skip: list, name: str
+    ) -> Iterator[tuple[SeriesDataModule, pd.Timestamp]]:
+        """A DataModule of the rows up to each cutoff (its missing values filled from those rows alone)."""
+        for frame, _ in frames:
+            for cutoff in self.ctx.cutoffs:
+                kept, bad = _cut(frame, cutoff, self.ctx)
+                skip.extend((uid, str(cutoff), why) for uid, why in bad)
+                if len(kept) == 0:
+                    continue
+                built, worse = _isolate(kept, "unique_id", lambda part: self.ctx.module(part, "unique_id", "ds"),
+                                        None, name)
+                skip.extend((uid, str(cutoff), why) for uid, why in worse)
+                for module in built:
+                    yield module, cutoff
 
     def _long_rows(
         self,

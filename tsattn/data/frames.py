@@ -563,6 +563,7 @@ def read_series(
     id_col: str | None = None,
     target_cols: list[str] | None = None,
     missing: str = "error",
+    fill: bool = True,
 ) -> SeriesFrame:
     """Read a wide or long CSV file (or DataFrame) into a validated, sorted :class:`SeriesFrame`.
 
@@ -570,7 +571,10 @@ def read_series(
     Long: ``id_col`` + time column + value columns, one series per id. ``time_col`` is detected when not given
     (a datetime column, a column named like date/time/timestamp/ds, or the first column holding timestamps; a
     DataFrame's DatetimeIndex also counts). ``target_cols`` defaults to every other column that holds numbers.
-    ``missing``: see the module docstring. Raises ``ValueError`` with the row and a fix for any bad input.
+    ``missing``: see the module docstring. ``fill=False`` (with ``ffill`` / ``interpolate``) puts the missing
+    steps on the grid but leaves them and every NaN/inf value as NaN, for a caller that cuts the rows at a time
+    before filling them, so that no value after the cut fills one before it. Raises ``ValueError`` with the row
+    and a fix for any bad input.
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing={missing!r} is not a policy; use one of {', '.join(MISSING_POLICIES)}.")
@@ -657,7 +661,9 @@ def read_series(
         else:
             log.info("%s: irregular timestamps kept as consecutive steps (missing='ignore')", where.name)
             freq = None
-    if missing != "ignore":
+    if missing in ("ffill", "interpolate") and not fill:
+        out[target_cols] = out[target_cols].astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    elif missing != "ignore":
         out = _handle_nonfinite(out, target_cols, where, missing)
     out = out.drop(columns=_ROW)
     log.info(
