@@ -121,6 +121,36 @@ def test_missing_values_are_filled_from_the_history_before_the_cutoff(plain_ckpt
     assert step2["mse"] == pytest.approx(float(((err["y"] - err["yhat"]) ** 2).mean()))  # fold 1 alone is scored
 
 
+def test_refit_on_a_panel_never_trains_on_rows_after_a_series_cutoff(plain_ckpt):
+    # s0 ends 36 hours after s1: a model that forecasts s1 must not see s0's rows after s1's cutoff
+    frame = make_long_frame((120, 60), channels=1, id_col="id").rename(columns={"y0": "y"})
+    kwargs = {"windows": 2, "step": 8, "refit": True, "id_col": "id", "trainer": {"accelerator": "cpu"}}
+    base = bt.backtest(plain_ckpt, frame, **kwargs).forecasts
+    s1 = (base["unique_id"] == "s1") & (base["fold"] == 0)
+    cutoff = base.loc[s1, "cutoff"].iloc[0]
+    moved = frame.copy()
+    later = (moved["id"] == "s0") & (pd.to_datetime(moved["ds"]) > cutoff)
+    moved.loc[later, "y"] = moved.loc[later, "y"] * 3.0 + 50.0
+    again = bt.backtest(plain_ckpt, moved, **kwargs).forecasts
+    np.testing.assert_array_equal(base.loc[s1, "yhat"].to_numpy(), again.loc[s1, "yhat"].to_numpy())
+    s0 = base["unique_id"] == "s0"  # whose own history the change reaches: the test can see a change
+    assert not np.allclose(base.loc[s0, "yhat"], again.loc[s0, "yhat"])
+
+
+def test_refit_trains_as_the_checkpoint_was_trained(plain_ckpt, monkeypatch):
+    seen = []
+    fit = L.Trainer.fit
+
+    def record(self, model, *args, datamodule=None, **kwargs):
+        seen.append((self.max_epochs, datamodule.batch_size))
+        return fit(self, model, *args, datamodule=datamodule, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", record)
+    bt.backtest(plain_ckpt, series(120), windows=1, step=1, refit=True, batch_size=256,
+                trainer={"accelerator": "cpu"})
+    assert seen == [(1, 32)]  # one epoch of batches of 32 (the fit's), not the prediction batch size
+
+
 def test_long_panel_quantiles_and_skipped_folds(quantile_ckpt):
     frame = make_long_frame((60, 25), channels=1, id_col="id").rename(columns={"y0": "y"})
     res = bt.backtest(quantile_ckpt, frame, windows=3, step=3, id_col="id", trainer={"accelerator": "cpu"})

@@ -19,8 +19,10 @@ stay empty in the forecasts and are not scored).
   optimistic; ``--refit`` gives the clean estimate.
 - with ``--refit`` a fresh model of the same class and hyperparameters is trained per fold on the fold's history
   only: a new SeriesDataModule on the truncated frame, split train/val by the stored ratios renormalised without a
-  test share (default 0.875/0.125), its scaler fit on the train rows; ``max_epochs`` as many as the checkpoint had
-  seen (``--trainer.max_epochs`` to change), the final weights, seeded by ``--seed``.
+  test share (default 0.875/0.125), its scaler fit on the train rows; the checkpoint's training batch size,
+  ``max_epochs`` as many as the checkpoint had seen (``--trainer.max_epochs`` to change), the final weights, seeded
+  by ``--seed``. A series is forecast by a model trained on rows up to its own cutoff: in a panel whose series end
+  at different times, each cutoff time of a fold gets its own model, trained on every series' rows up to it.
 
 **Metrics** (original units), per ``unique_id`` (one per channel, named as in ``tsattn forecast``) and horizon
 step, over folds: MSE, MAE, sMAPE (%), MASE (the error over the in-sample MAE of the seasonal naive forecast on the
@@ -34,6 +36,7 @@ two known values one season apart; such folds are left out of its averages, the 
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import os
 import sys
@@ -452,8 +455,9 @@ def _refit_predictions(
 
     st = ctx.state
     ratios = _refit_ratios(st)
-    fit_kwargs = {"max_epochs": loaded.epoch + 1, "enable_progress_bar": False, **trainer, "logger": False,
+    fit_kwargs = {"max_epochs": loaded.epochs, "enable_progress_bar": False, **trainer, "logger": False,
                   "enable_checkpointing": False, "enable_model_summary": False, "devices": 1, "num_nodes": 1}
+    train_batch = loaded.batch_size or inspect.signature(SeriesDataModule).parameters["batch_size"].default
     preds: dict[tuple[int, str], np.ndarray] = {}
     skipped: list[tuple[str, str | None, str]] = []
 
@@ -461,21 +465,30 @@ def _refit_predictions(
         return SeriesDataModule(
             frame=part, lookback=ctx.lookback, horizon=ctx.horizon, split="ratio", ratios=ratios,
             target_cols=ctx.target_cols, id_col="unique_id", time_col="ds", missing=ctx.missing,
-            scaler=st.get("scaler", "standard"), period=st.get("period"), batch_size=ctx.batch_size,
+            scaler=st.get("scaler", "standard"), period=st.get("period"), batch_size=train_batch,
         )
 
     for fold, hist in tqdm(folds, total=windows, desc="Refitting folds", file=sys.stderr, leave=False):
-        built, bad = _isolate(hist, "unique_id", module, None, _HISTORY)
-        skipped.extend(_fold_skips(hist, fold, bad, " (refit)"))
-        for dm in built:
-            L.seed_everything(seed, workers=True, verbose=False)
-            net = loaded.new_model()
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*(does not have many workers|val_dataloader).*")
-                L.Trainer(**fit_kwargs).fit(net, datamodule=dm)
-            net.eval()
-            preds.update(_predict(net, [(fold, dm)], ctx.batch_size, trainer))
-        gc.collect()  # the fold's DataModule and model sit in reference cycles
+        # One model per cutoff time: a series is forecast by a model trained on rows up to its own cutoff, other
+        # series' included (in a panel whose series end apart, those with later cutoffs are cut at it).
+        cutoffs = hist.groupby("unique_id", sort=False)["ds"].max()
+        for cutoff, group in cutoffs.groupby(cutoffs, sort=True):
+            targets = set(group.index)
+            rows = hist[hist["ds"] <= cutoff] if len(group) < len(cutoffs) else hist
+            built, bad = _isolate(rows, "unique_id", module, None, _HISTORY)
+            skipped.extend(_fold_skips(hist, fold, [(u, why) for u, why in bad if u in targets], " (refit)"))
+            for dm in built:
+                if targets.isdisjoint(dm.series_ids):
+                    continue
+                L.seed_everything(seed, workers=True, verbose=False)
+                net = loaded.new_model()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*(does not have many workers|val_dataloader).*")
+                    L.Trainer(**fit_kwargs).fit(net, datamodule=dm)
+                net.eval()
+                forecasts = _predict(net, [(fold, dm)], ctx.batch_size, trainer)
+                preds.update({key: yhat for key, yhat in forecasts.items() if key[1] in targets})
+        gc.collect()  # the fold's DataModules and models sit in reference cycles
     return preds, skipped
 
 

@@ -124,16 +124,18 @@ class LoadedCheckpoint:
     """A forecaster restored from a checkpoint, with what is needed to rebuild its data side or retrain it.
 
     ``hparams``: the constructor arguments (plain data); ``data_state``: the SeriesDataModule state (columns,
-    lookback, horizon, scalers, ...); ``raw_hparams``: the checkpoint's hyperparameters as stored.
+    lookback, horizon, scalers, ...); ``epochs``: the training epochs behind the weights; ``raw_hparams``: the
+    checkpoint's hyperparameters as stored; ``batch_size``: the training batch size, where the checkpoint names it.
     """
 
     model: Forecaster
     model_class: type[Forecaster]
     hparams: dict[str, Any]
     data_state: dict[str, Any]
-    epoch: int
+    epochs: int
     path: str
     raw_hparams: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
 
     def training_hparams(self) -> dict[str, Any]:
         """Constructor arguments for a fresh copy to train (``--refit``): ``hparams`` plus the optimizer,
@@ -230,7 +232,19 @@ def load_checkpoint(path: str | os.PathLike, model: str | None = None) -> Loaded
     except (TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: cannot restore {cls.__name__}: {' '.join(str(err).split())}") from None
     net.eval()
-    return LoadedCheckpoint(net, cls, hparams, dict(state), int(ckpt.get("epoch", 0)), path, raw)
+    data_hparams = ckpt.get("datamodule_hyper_parameters") or {}
+    batch_size = data_hparams.get("batch_size") if isinstance(data_hparams, dict) else None
+    return LoadedCheckpoint(net, cls, hparams, dict(state), _epochs_trained(ckpt), path, raw,
+                            int(batch_size) if isinstance(batch_size, int) and batch_size > 0 else None)
+
+
+def _epochs_trained(ckpt: dict[str, Any]) -> int:
+    """The training epochs behind a checkpoint: the fit loop's count of processed epochs (one saved at the end of
+    epoch e has seen e + 1, one saved after the fit all of them), or, without it, the stored epoch + 1."""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return int(ckpt.get("epoch", 0)) + 1
 
 
 # ============================================================================================ inputs
