@@ -241,6 +241,16 @@ def test_closed_form_start_kept_when_training_hurts(wide_csv, tmp_path):
     assert last["net.head.1.weight"].any()  # training did move it
 
 
+def test_last_checkpoint_is_the_last_epoch(wide_csv, tmp_path):
+    # best files saved every second epoch only: last.ckpt must still follow every epoch (what a resumed fit needs)
+    main(fit_args(wide_csv, tmp_path, "--model", "Linear", "--trainer.max_epochs", "3",
+                  "--checkpoint.every_n_epochs", "2", "--test_after_fit", "false"))
+    saved = sorted(p.name for p in (tmp_path / "version_0" / "checkpoints").iterdir())
+    assert saved == ["best-epoch=1.ckpt", "last.ckpt"]
+    last = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 3
+
+
 def test_no_epochs_fits_and_saves_the_closed_form(wide_csv, tmp_path):
     # max_epochs=0 skips Lightning's training loop; the closed-form start is still fitted, saved and tested.
     main(fit_args(wide_csv, tmp_path, "--trainer.max_epochs", "0", "--compare", "RidgeCycle",

@@ -3,16 +3,17 @@
     tsattn fit --data.path my.csv --data.lookback 96 --data.horizon 24
     tsattn fit --data.path my.csv --data.lookback 96 --data.horizon 24 --model Linear
     tsattn fit --config configs/market.yaml
-    tsattn test --config RUN/config.yaml --ckpt_path RUN/checkpoints/last.ckpt
+    tsattn test --config RUN/config.yaml --ckpt_path RUN/checkpoints/best-start.ckpt
 
-Each run writes one folder ``<trainer.default_root_dir>/version_N/`` holding ``config.yaml`` (the full parsed
-config), ``metrics.csv`` (CSV logs), ``checkpoints/`` (the best by ``val/mse`` and ``last.ckpt``), ``metrics.json``
-(test metrics) and, with ``--plot true``, ``forecast.png``. Selection counts the state before the first training
-step: when a closed-form start (the flagship starts at ``RidgeCycle`` plus a kernel ridge) scores better on
-validation than every trained epoch, it is saved as ``checkpoints/best-start.ckpt``. After ``fit`` the best
-checkpoint is tested, and the models named by ``--compare`` are fitted and tested on the same data and shown beside
-it in one table, with the standard error of each test MSE and of each compared model's paired difference to the
-fitted one (a circular block bootstrap of the per-window errors, `tsattn.metrics.mean_se`).
+Each run writes one folder ``<trainer.default_root_dir>/version_N/`` holding ``config.yaml`` (the full parsed config),
+``metrics.csv`` (CSV logs), ``checkpoints/`` (the best by ``val/mse``, and ``last.ckpt`` after every epoch),
+``metrics.json`` (test metrics, and the checkpoint the fit selected and tested) and, with ``--plot true``,
+``forecast.png``. Selection counts the state before the first training step: when a closed-form start (the flagship
+starts at ``RidgeCycle`` plus a kernel ridge) scores better on validation than every trained epoch, it is saved as
+``checkpoints/best-start.ckpt``. After ``fit`` the best checkpoint is tested, and the models named by ``--compare`` are
+fitted and tested on the same data and shown beside it in one table, with the standard error of each test MSE and of
+each compared model's paired difference to the fitted one (a circular block bootstrap of the per-window errors,
+`tsattn.metrics.mean_se`).
 
 Channels, lookback, horizon and period are given once, to the data (``--data.*``), and linked to the model.
 """
@@ -229,8 +230,8 @@ class TsattnCLI(LightningCLI):
             forecaster_class(name)  # fail on a typo now, not after the main fit
         if self.subcommand in ("validate", "test", "predict") and not self._get(self.config, "ckpt_path"):
             raise ValueError(
-                f"tsattn {self.subcommand} needs the fitted model: give --ckpt_path (a checkpoint of the run, e.g. "
-                "runs/<name>/version_0/checkpoints/last.ckpt) beside the run's --config"
+                f"tsattn {self.subcommand} needs the fitted model: give --ckpt_path (the checkpoint the run's "
+                "metrics.json names, e.g. runs/<name>/version_0/checkpoints/best-start.ckpt) beside its --config"
             )
         if self.subcommand == "predict":
             # Forecasting past the end: every row is history, and an unseen series is scaled on all of it (as in
@@ -256,7 +257,7 @@ class TsattnCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, EarlyStopping))]
         if self.subcommand == "fit":
             # first, so that it sees the averaged weights validation used when --ema_weights is on
-            callbacks = self._best_weights() + callbacks
+            callbacks = self._best_weights() + callbacks + _last_checkpoint(callbacks)
             if self._get(self.config, "ema_weights"):
                 callbacks.append(EMAWeightAveraging(decay=self._get(self.config, "ema_decay")))
         if self.subcommand in ("fit", "test"):
@@ -413,6 +414,16 @@ def _holds_best(ckpt: ModelCheckpoint, best: BestWeights) -> bool:
         and score is not None
         and math.isclose(float(score), best.best_score, rel_tol=1e-6)
     )
+
+
+def _last_checkpoint(callbacks: list[Any]) -> list[ModelCheckpoint]:
+    """Lightning rewrites ``last.ckpt`` only when it saves a best file: a checkpoint of its own, saved after every
+    epoch, keeps it the state after the last epoch (the one a resumed fit needs) where ``save_last`` asks for it."""
+    main = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    if main is None or main.save_last is not True:
+        return []
+    main.save_last = False
+    return [ModelCheckpoint(dirpath=main.dirpath, filename=main.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1)]
 
 
 def _new_name(path: Path) -> Path:
