@@ -184,6 +184,24 @@ def test_cli_outputs_and_no_overwrite(tmp_path, capsys, quantile_ckpt):
     assert err.count("\n") == 1 and "is the input" in err and (tmp_path / "data.csv").read_bytes() == data
 
 
+def test_a_directory_or_glob_of_files(tmp_path, capsys, plain_ckpt):
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(2):
+        series(120).assign(y=lambda f, k=k: f["y"] * (k + 1)).to_csv(data / f"w{k}.csv", index=False)
+    pd.DataFrame({"date": ["2024-01-01"], "y": [1.0]}).to_csv(data / "short.csv", index=False)
+    one = bt.backtest(plain_ckpt, data / "w1.csv", windows=2, step=4, trainer={"accelerator": "cpu"}).forecasts
+    for source in (data, data / "w*.csv"):
+        res = bt.backtest(plain_ckpt, source, windows=2, step=4, trainer={"accelerator": "cpu"})
+        assert sorted(res.forecasts["unique_id"].unique()) == ["w0", "w1"]
+        both = res.forecasts[res.forecasts["unique_id"] == "w1"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(both, one.reset_index(drop=True))  # each file alone gives the same
+        assert {s[0] for s in res.skipped} == ({"short"} if source == data else set())  # one row: its folds skipped
+    args = ["--ckpt", plain_ckpt, "--input", str(data), "--windows", "2", "--step", "4", "--output",
+            str(data / "w0.csv"), "--overwrite", *NO_BAR]
+    assert bt.main(args) == 2 and "is the input" in capsys.readouterr().err  # a file of the directory
+
+
 def test_mase_of_a_history_no_longer_than_the_season_is_nan_with_the_reason(plain_ckpt, caplog):
     data = series(30)  # folds at 22 and 26 rows of history; the season is 24 steps
     with caplog.at_level("WARNING", logger="tsattn.backtest"):

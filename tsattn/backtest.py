@@ -65,6 +65,7 @@ from tsattn.forecast import (
     _Context,
     _context,
     _header,
+    _input_files,
     _isolate,
     _layout,
     _melt,
@@ -129,6 +130,38 @@ class BacktestResult:
 
 
 # ============================================================================================ reading
+
+
+def _read_inputs(
+    source: str | os.PathLike | pd.DataFrame, ctx: _Context
+) -> tuple[list[tuple[pd.DataFrame, str | None]], list[tuple[str, str | None, str]]]:
+    """`_read_frames` of a DataFrame, a file, or each file of a directory or glob (series ids must not repeat
+    across files; a file that cannot be read is skipped with the reason, unless it is the only one)."""
+    if isinstance(source, pd.DataFrame):
+        return _read_frames(source, ctx)
+    files = _input_files(source)
+    if len(files) == 1:
+        return _read_frames(files[0], ctx)
+    by_freq: dict[str | None, list[pd.DataFrame]] = {}
+    skipped: list[tuple[str, str | None, str]] = []
+    owner: dict[str, str] = {}
+    for path in files:
+        try:
+            frames, bad = _read_frames(path, ctx)
+        except ForecastError as err:
+            skipped.append((path.name, None, _one_line(err)))
+            continue
+        skipped.extend(bad)
+        for frame, freq in frames:
+            ids = frame["unique_id"].astype(str)
+            taken = sorted({uid for uid in ids.unique() if uid in owner})
+            skipped.extend((uid, None, f"{path.name}: series '{uid}' also comes from {owner[uid]}") for uid in taken)
+            frame = frame[~ids.isin(taken).to_numpy()]
+            owner.update(dict.fromkeys(frame["unique_id"].astype(str).unique(), path.name))
+            if len(frame):
+                by_freq.setdefault(freq, []).append(frame)
+    frames = [(pd.concat(g, ignore_index=True) if len(g) > 1 else g[0], f) for f, g in by_freq.items()]
+    return frames, skipped
 
 
 def _read_frames(
@@ -372,7 +405,7 @@ def backtest(
     loaded = ckpt if isinstance(ckpt, LoadedCheckpoint) else load_checkpoint(ckpt, model)
     ctx = _context(loaded, id_col=id_col, time_col=time_col, missing=missing, batch_size=batch_size, cutoffs=None,
                    fresh_scalers=True)
-    frames, skipped = _read_frames(source, ctx)
+    frames, skipped = _read_inputs(source, ctx)
     season = int(ctx.state.get("period") or 1)
     quantiles = list(loaded.model.quantiles) if getattr(loaded.model, "quantiles", None) else None
     records: list[pd.DataFrame] = []
@@ -623,9 +656,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     overwrite = bool(cfg.overwrite)
     try:
         outputs = [Path(p) for p in (cfg.output, cfg.forecasts) if p]
+        try:
+            inputs = {f.resolve() for f in _input_files(cfg.input)}
+        except ForecastError:
+            inputs = set()  # no input file: said after the checkpoint is loaded
         for out in outputs:
             _check_output(out, overwrite)
-            if out.resolve() == Path(cfg.input).resolve():
+            if out.resolve() in inputs:
                 raise ForecastError(f"output {out} is the input; name another file")
         if cfg.plot:
             check_new_file(Path(cfg.plot), "plot", overwrite)
