@@ -359,6 +359,24 @@ def test_for_prediction_matches_wide_series_by_file_stem(wide_frame, tmp_path):
     np.testing.assert_allclose(other.loc[0], own.mean(0))
 
 
+@pytest.mark.parametrize("freq", ["D", "B", "h"])
+def test_rows_dropped_from_the_stored_grid_keep_the_phase_of_the_forecast(wide_frame, freq):
+    # missing="ignore" drops a row: the data has no frequency of its own, but it lies on the stored grid, so the
+    # forecast continues that grid with the step index (the seasonal phase) of the full series
+    full = wide_frame(120, channels=1, freq=freq)
+    dm = SeriesDataModule(frame=full, lookback=12, horizon=6)
+    holed = full.copy()
+    holed.loc[50, "x0"] = np.nan
+    whole = SeriesDataModule.for_prediction(dm.state_dict(), full)
+    dropped = SeriesDataModule.for_prediction(dm.state_dict(), holed, missing="ignore")
+    assert dropped.series_frame.freq is None and dropped.freq == dm.freq
+    a, b = (next(iter(m.predict_dataloader())) for m in (whole, dropped))
+    assert int(b["time_idx"][0]) == int(a["time_idx"][0])
+    np.testing.assert_array_equal(b["past"].numpy(), a["past"].numpy())
+    t = int(a["time_idx"][0])  # the first forecast step
+    assert list(dropped.future_timestamps(0, t, 6)) == list(whole.future_timestamps(0, t, 6))
+
+
 class _Tiny(L.LightningModule):
     def __init__(self, channels: int, horizon: int) -> None:
         super().__init__()

@@ -206,6 +206,29 @@ class SeriesDataModule(L.LightningDataModule):
         self._store["values"].copy_(torch.from_numpy(self._scaled()))
         self._store["loc"].copy_(torch.from_numpy(self.loc[:, None, :]))
         self._store["scale"].copy_(torch.from_numpy(self.scale[:, None, :]))
+        self._store["t0"].copy_(torch.from_numpy(self._t0))
+
+    def _on_grid(self, freq: str) -> bool:
+        """Whether every timestamp lies on the *freq* grid from its series' first one (rows may be missing)."""
+        for ds in self._ds:
+            try:
+                grid = pd.date_range(ds[0], ds[-1], freq=freq)
+            except (ValueError, OverflowError):
+                return False
+            if len(grid) > 10 * len(ds) + 1000 or not ds.isin(grid).all():
+                return False
+        return True
+
+    def _adopt_grid(self, freq: str) -> None:
+        """Data with rows missing from the stored *freq* grid (``missing="ignore"``): forecast timestamps continue
+        that grid, and the step index that sets the seasonal phase counts back from each series' last timestamp,
+        so the forecast steps have the phase they had in training (the rows stay consecutive steps)."""
+        self.freq = freq
+        self._offset = to_offset(freq)
+        self._t0 = np.asarray(
+            [int(time_index(ds[-1:], freq)[0]) - (len(ds) - 1) for ds in self._ds], dtype=np.int64
+        )
+        log.info("rows are missing from the stored '%s' grid: steps are counted back from each series' end", freq)
 
     def _dataset(self, stage: str) -> WindowDataset:
         if stage not in self._datasets:
@@ -369,8 +392,11 @@ class SeriesDataModule(L.LightningDataModule):
                     f"the stored state has {key}={state[key]}, this module {key}={getattr(self, key)}; use the "
                     "stored value (the model was built for it)."
                 )
-        if state.get("freq") != self.freq:
-            log.warning("stored frequency %s differs from this data's %s", state.get("freq"), self.freq)
+        stored_freq = state.get("freq")
+        if self.freq is None and stored_freq is not None and self._on_grid(stored_freq):
+            self._adopt_grid(stored_freq)
+        elif stored_freq != self.freq:
+            log.warning("stored frequency %s differs from this data's %s", stored_freq, self.freq)
         if state.get("period") is not None:
             self.period = int(state["period"])
             self._resolved_hparams()
