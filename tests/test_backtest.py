@@ -116,6 +116,7 @@ def test_missing_values_are_filled_from_the_history_before_the_cutoff(plain_ckpt
     fold0 = f["fold"] == 0
     np.testing.assert_array_equal(f.loc[fold0, "yhat"].to_numpy(), moved.loc[fold0, "yhat"].to_numpy())
     assert f.loc[fold0, "y"].isna().sum() == 1 and f["yhat"].notna().all()
+    assert list(base.summary["points"]) == [2 * HORIZON - 1] * 2  # (one series, all): the missing actual is not scored
     step2 = base.metrics[base.metrics["step"] == 2].iloc[0]
     err = f[(f["step"] == 2) & (f["fold"] == 1)]
     assert step2["mse"] == pytest.approx(float(((err["y"] - err["yhat"]) ** 2).mean()))  # fold 1 alone is scored

@@ -97,7 +97,8 @@ def fold_positions(length: int, horizon: int, windows: int, step: int) -> list[i
 @dataclass
 class BacktestResult:
     """``forecasts``: one row per unique_id, fold and step (``cutoff, ds, y, yhat`` [+ quantiles]);
-    ``metrics``: per unique_id and step; ``summary``: per unique_id and ``all`` over steps and folds."""
+    ``metrics``: per unique_id and step; ``summary``: per unique_id and ``all`` over steps and folds (``points``:
+    the forecast values scored, one per fold and step whose actual is known)."""
 
     forecasts: pd.DataFrame
     metrics: pd.DataFrame
@@ -108,7 +109,7 @@ class BacktestResult:
     refit: bool = False
 
     def format(self, max_rows: int = 20, max_skipped: int = 20) -> str:
-        cols = [c for c in self.summary.columns if c not in ("unique_id", "folds", "windows")]
+        cols = [c for c in self.summary.columns if c not in ("unique_id", "folds", "points")]
         head = f"{'unique_id':<28}{'folds':>6}" + "".join(f"{c:>11}" for c in cols)
         kind = "refit per fold" if self.refit else "checkpoint weights, scalers fit per fold"
         lines = [f"backtest ({kind}; MASE season {self.season}; original units)", head, "-" * len(head)]
@@ -334,9 +335,9 @@ def _metrics(forecasts: pd.DataFrame, quantiles: list[float] | None) -> tuple[pd
         per_step.append({"unique_id": uid, "step": int(step), "folds": group["fold"].nunique(),
                          **_metric_row(group, qcols, quantiles)})
     for uid, group in forecasts.groupby("unique_id", sort=True):
-        per_uid.append({"unique_id": uid, "folds": group["fold"].nunique(), "windows": len(group),
+        per_uid.append({"unique_id": uid, "folds": group["fold"].nunique(), "points": int(group["y"].count()),
                         **_metric_row(group, qcols, quantiles)})
-    per_uid.append({"unique_id": "all", "folds": forecasts["fold"].nunique(), "windows": len(forecasts),
+    per_uid.append({"unique_id": "all", "folds": forecasts["fold"].nunique(), "points": int(forecasts["y"].count()),
                     **_metric_row(forecasts, qcols, quantiles)})
     return pd.DataFrame(per_step), pd.DataFrame(per_uid)
 
