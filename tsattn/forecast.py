@@ -24,7 +24,9 @@ and files not grouped by id are first split into per-chunk files), so memory gro
 input. Prediction runs through ``Trainer.predict``; chunks are sharded across ranks (and dataloader workers), so
 ``--trainer.devices N --trainer.strategy ddp [--trainer.num_nodes M]`` splits the reading, parsing and predicting.
 Each rank's :class:`ForecastWriter` (a ``BasePredictionWriter``) writes its part files next to the output
-(a shared file system is needed across nodes); after a barrier, rank 0 merges them in input order.
+(a shared file system is needed across nodes); after a barrier, rank 0 merges them in input order: the chunks in
+the order of the files and of each file's ids, and within a chunk its series sorted by id (so the order of a file
+whose ids are not grouped depends on ``--chunk-size``; the forecasts do not).
 
 **Safety.** The checkpoint is loaded with ``torch.load(weights_only=True)`` and the model class is looked up among
 the imported tsattn forecasters, never imported from a name in the file. Invalid or too-short series are skipped
