@@ -301,9 +301,10 @@ def test_ema_weights_option(wide_csv, tmp_path):
 
 
 def test_same_seed_same_weights(wide_csv, tmp_path):
+    # the same with a compared model, whose own random initial weights must not move the fit's random stream
     states = []
-    for name in ("a", "b"):
-        main(fit_args(wide_csv, tmp_path / name, "--seed_everything", "7"))
+    for name, extra in (("a", []), ("b", ["--compare", "Linear"])):
+        main(fit_args(wide_csv, tmp_path / name, "--seed_everything", "7", *extra))
         states.append(torch.load(tmp_path / name / "version_0" / "checkpoints" / "last.ckpt",
                                  weights_only=True)["state_dict"])
     assert states[0].keys() == states[1].keys()

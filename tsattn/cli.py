@@ -44,6 +44,7 @@ from lightning.pytorch.cli import (
     _InstantiatorFn,
 )
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.seed import isolate_rng
 
 from tsattn.atomic import atomic_path, write_json
 from tsattn.data import SeriesDataModule
@@ -267,8 +268,11 @@ class TsattnCLI(LightningCLI):
     # ----------------------------------------------------------------- around the subcommands
     def before_fit(self) -> None:
         if self._get(self.config, "test_after_fit"):
-            for compare in _names(self._get(self.config, "compare")):
-                self._baseline(forecaster_class(compare))  # a model that cannot take this data fails now
+            # a model that cannot take this data fails now; its random initial weights do not move the fit's
+            # random stream (dropout, shuffling), so the fit is the same with and without --compare
+            with isolate_rng():
+                for compare in _names(self._get(self.config, "compare")):
+                    self._baseline(forecaster_class(compare))
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit") or self.trainer.interrupted:
