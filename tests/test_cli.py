@@ -242,13 +242,15 @@ def test_closed_form_start_kept_when_training_hurts(wide_csv, tmp_path):
 
 
 def test_last_checkpoint_is_the_last_epoch(wide_csv, tmp_path):
-    # best files saved every second epoch only: last.ckpt must still follow every epoch (what a resumed fit needs)
-    main(fit_args(wide_csv, tmp_path, "--model", "Linear", "--trainer.max_epochs", "3",
-                  "--checkpoint.every_n_epochs", "2", "--test_after_fit", "false"))
-    saved = sorted(p.name for p in (tmp_path / "version_0" / "checkpoints").iterdir())
-    assert saved == ["best-epoch=1.ckpt", "last.ckpt"]
-    last = torch.load(tmp_path / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["epoch"] == 2 and last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 3
+    # best files saved every second epoch only, or validation every second epoch: last.ckpt must still follow every
+    # epoch (what a resumed fit needs)
+    for k, every in enumerate(("--checkpoint.every_n_epochs", "--trainer.check_val_every_n_epoch")):
+        main(fit_args(wide_csv, tmp_path, "--model", "Linear", "--trainer.max_epochs", "3", every, "2",
+                      "--test_after_fit", "false"))
+        saved = sorted(p.name for p in (tmp_path / f"version_{k}" / "checkpoints").iterdir())
+        assert saved == ["best-epoch=1.ckpt", "last.ckpt"]
+        last = torch.load(tmp_path / f"version_{k}" / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["epoch"] == 2 and last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 3
 
 
 def test_no_epochs_fits_and_saves_the_closed_form(wide_csv, tmp_path):

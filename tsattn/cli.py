@@ -427,7 +427,8 @@ def _last_checkpoint(callbacks: list[Any]) -> list[ModelCheckpoint]:
     if main is None or main.save_last is not True:
         return []
     main.save_last = False
-    return [ModelCheckpoint(dirpath=main.dirpath, filename=main.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1)]
+    return [ModelCheckpoint(dirpath=main.dirpath, filename=main.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
+                            save_on_train_epoch_end=True)]  # also after epochs without validation
 
 
 def _new_name(path: Path) -> Path:
