@@ -211,6 +211,7 @@ def test_predict_and_forecast_scale_a_file_alike(wide_csv, tmp_path, capsys):
         forecast = pd.read_csv(out)
         assert len(forecast) == len(predicted) == 6 * 3
         assert list(forecast["unique_id"]) == list(predicted["unique_id"])
+        assert list(forecast["ds"]) == list(predicted["ds"]) and list(forecast["cutoff"]) == list(predicted["cutoff"])
         yhat[path.stem] = forecast["yhat"].to_numpy()
         np.testing.assert_allclose(yhat[path.stem], predicted["yhat"].to_numpy(), rtol=1e-6)
     # the copy is scaled on all its rows, the trained file on its training rows: close to an affine map, not equal

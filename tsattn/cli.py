@@ -309,10 +309,12 @@ class TsattnCLI(LightningCLI):
     def predict(self, model: Forecaster, datamodule: SeriesDataModule, **kwargs: Any) -> None:
         """Forecast ``horizon`` steps past the end of each series; writes ``predictions.csv`` in the run folder."""
         outputs = self.trainer.predict(model, datamodule=datamodule, **{**kwargs, "return_predictions": True})
+        from tsattn.forecast import _date_format  # the timestamps written as tsattn forecast writes them
+
         frame = _predictions_frame(model, datamodule, outputs or [])
         path = self._run_dir() / "predictions.csv"
         with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False)
+            frame.to_csv(tmp, index=False, date_format=_date_format(frame) if len(frame) else None)
         print(f"predictions: {path} ({len(frame)} rows)")
 
     # ----------------------------------------------------------------- helpers
