@@ -731,6 +731,17 @@ class _ChunkReport:
             tmp.write_text(json.dumps({**asdict(self), "series": len(set(self.series))}))
 
 
+@dataclass
+class _Reading:
+    """What reading long files keeps across a shard's chunks: a row reader per grouped file, the per-chunk files
+    an ungrouped file was split into, the folder holding them, and the chunks the shard owns."""
+
+    rows: dict[str, _RowReader]
+    spills: dict[str, dict[int, Path]]
+    scratch: Path
+    owned: list[int]
+
+
 class _ForecastWindows(IterableDataset):
     """Prediction batches of the chunks this rank (and dataloader worker) owns: chunk k goes to shard k mod n.
 
@@ -755,16 +766,15 @@ class _ForecastWindows(IterableDataset):
         return sum(self.chunks[k].planned * n_cut for k in range(len(self.chunks)) if k % self.world == self.rank)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        readers: dict[str, _RowReader] = {}
-        spills: dict[str, dict[int, Path]] = {}
         scratch = Path(tempfile.mkdtemp(prefix="tsattn-spill-"))
         owned = self.owned()
+        reading = _Reading({}, {}, scratch, owned)
         try:
             for k in owned:
                 report = _ChunkReport(k)
                 for piece in self.chunks[k].pieces:
                     try:
-                        for dm, _ in self._modules(k, piece, readers, spills, scratch, owned, report):
+                        for dm, _ in self._modules(k, piece, reading, report):
                             for batch in _module_batches(dm, self.ctx, k, report.parts):
                                 report.parts += 1
                                 report.windows += len(batch["meta"].uid)
@@ -782,31 +792,20 @@ class _ForecastWindows(IterableDataset):
 
     # ------------------------------------------------------------------ chunk -> DataModules
     def _modules(
-        self,
-        k: int,
-        piece: _Piece,
-        readers: dict[str, _RowReader],
-        spills: dict[str, dict[int, Path]],
-        scratch: Path,
-        owned: list[int],
-        report: _ChunkReport,
+        self, k: int, piece: _Piece, reading: _Reading, report: _ChunkReport
     ) -> Iterator[tuple[SeriesDataModule, pd.Timestamp | None]]:
         ctx, layout, name = self.ctx, piece.layout, Path(piece.path).name
         skip = report.skipped
         if ctx.cutoffs:
             # Rows after a cutoff must not fill a missing value before it: cut the rows first, then fill.
-            yield from self._at_cutoffs(self._frames(k, piece, readers, spills, scratch, owned, skip), skip, name)
+            yield from self._at_cutoffs(self._frames(k, piece, reading, skip), skip, name)
             return
         if not layout.long:
             frames = self._wide(piece, skip)
             modules = self._canonical_modules(frames, skip, name)
         else:
-            raw, lines = self._long_rows(k, piece, readers, spills, scratch, owned)
+            raw, lines = self._long_rows(k, piece, reading)
             id_col = layout.id_col
-            raw[id_col] = raw[id_col].fillna("")
-            drop = raw[id_col].isin(list(piece.exclude)).to_numpy()
-            if drop.any():
-                raw, lines = raw[~drop], lines[~drop]
             if len(raw) == 0:
                 return
             if ctx.missing in ("error", "ignore"):  # no rows are added, so too few rows is final
@@ -831,26 +830,13 @@ class _ForecastWindows(IterableDataset):
         for dm in modules:
             yield dm, None
 
-    def _frames(
-        self,
-        k: int,
-        piece: _Piece,
-        readers: dict[str, _RowReader],
-        spills: dict[str, dict[int, Path]],
-        scratch: Path,
-        owned: list[int],
-        skip: list,
-    ) -> list[tuple[pd.DataFrame, str | None]]:
+    def _frames(self, k: int, piece: _Piece, reading: _Reading, skip: list) -> list[tuple[pd.DataFrame, str | None]]:
         """Canonical frames ``(frame, freq)`` of the piece's series, their missing values left unfilled."""
         ctx, layout = self.ctx, piece.layout
         if not layout.long:
             return self._wide(piece, skip, fill=False)
-        raw, lines = self._long_rows(k, piece, readers, spills, scratch, owned)
+        raw, lines = self._long_rows(k, piece, reading)
         id_col = layout.id_col
-        raw[id_col] = raw[id_col].fillna("")
-        drop = raw[id_col].isin(list(piece.exclude)).to_numpy()
-        if drop.any():
-            raw, lines = raw[~drop], lines[~drop]
         if len(raw) == 0:
             return []
         targets = None if layout.melt else ctx.target_cols
@@ -918,17 +904,18 @@ class _ForecastWindows(IterableDataset):
                 for module in built:
                     yield module, cutoff
 
-    def _long_rows(
-        self,
-        k: int,
-        piece: _Piece,
-        readers: dict[str, _RowReader],
-        spills: dict[str, dict[int, Path]],
-        scratch: Path,
-        owned: list[int],
-    ) -> tuple[pd.DataFrame, np.ndarray]:
-        """The raw rows of the chunk's series, and the file line of each row."""
+    def _long_rows(self, k: int, piece: _Piece, reading: _Reading) -> tuple[pd.DataFrame, np.ndarray]:
+        """The raw rows of the chunk's series (an empty id read as ""; the piece's excluded ids left out), and the
+        file line of each row."""
+        raw, lines = self._read_long_rows(k, piece, reading)
         id_col = piece.layout.id_col
+        raw[id_col] = raw[id_col].fillna("")
+        keep = ~raw[id_col].isin(list(piece.exclude)).to_numpy()
+        return (raw, lines) if keep.all() else (raw[keep], lines[keep])
+
+    def _read_long_rows(self, k: int, piece: _Piece, reading: _Reading) -> tuple[pd.DataFrame, np.ndarray]:
+        id_col = piece.layout.id_col
+        readers, spills, scratch, owned = reading.rows, reading.spills, reading.scratch, reading.owned
         try:
             if piece.ids is None:
                 reader = readers.get(piece.path)
