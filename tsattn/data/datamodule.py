@@ -24,7 +24,7 @@ import torch
 from pandas.tseries.frequencies import to_offset
 from torch.utils.data import DataLoader
 
-from tsattn.data.frames import check_length, infer_period, read_series, time_index
+from tsattn.data.frames import check_length, infer_period, on_grid, read_series, time_index
 from tsattn.data.scaling import SCALERS, fit_scaler
 from tsattn.data.windows import (
     DEFAULT_RATIOS,
@@ -208,17 +208,6 @@ class SeriesDataModule(L.LightningDataModule):
         self._store["scale"].copy_(torch.from_numpy(self.scale[:, None, :]))
         self._store["t0"].copy_(torch.from_numpy(self._t0))
 
-    def _on_grid(self, freq: str) -> bool:
-        """Whether every timestamp lies on the *freq* grid from its series' first one (rows may be missing)."""
-        for ds in self._ds:
-            try:
-                grid = pd.date_range(ds[0], ds[-1], freq=freq)
-            except (ValueError, OverflowError):
-                return False
-            if len(grid) > 10 * len(ds) + 1000 or not ds.isin(grid).all():
-                return False
-        return True
-
     def _adopt_grid(self, freq: str) -> None:
         """Data with rows missing from the stored *freq* grid (``missing="ignore"``): forecast timestamps continue
         that grid, and the step index that sets the seasonal phase counts back from each series' last timestamp,
@@ -393,7 +382,7 @@ class SeriesDataModule(L.LightningDataModule):
                     "stored value (the model was built for it)."
                 )
         stored_freq = state.get("freq")
-        if self.freq is None and stored_freq is not None and self._on_grid(stored_freq):
+        if self.freq is None and stored_freq is not None and all(on_grid(ds, stored_freq) for ds in self._ds):
             self._adopt_grid(stored_freq)
         elif stored_freq != self.freq:
             log.warning("stored frequency %s differs from this data's %s", stored_freq, self.freq)

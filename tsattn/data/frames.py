@@ -757,6 +757,16 @@ def _raise_gap(out: pd.DataFrame, freq: str, where: _Where) -> None:
         )
 
 
+def on_grid(ds: pd.DatetimeIndex, freq: str) -> bool:
+    """Whether every timestamp of one series (T,) lies on the *freq* grid from its first one, rows missing from it
+    allowed (as many as ``missing="ffill"`` would fill)."""
+    try:
+        grid = pd.date_range(ds[0], ds[-1], freq=freq)
+    except (ValueError, OverflowError):
+        return False
+    return len(grid) <= _MAX_FILL_GROWTH * len(ds) + 1000 and bool(ds.isin(grid).all())
+
+
 def _reindex(out: pd.DataFrame, freq: str, target_cols: list[str], where: _Where) -> pd.DataFrame:
     parts = []
     ds_all = pd.DatetimeIndex(out["ds"])
