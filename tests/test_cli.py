@@ -4,11 +4,14 @@ main job (config file + --compare + --plot) on tiny settings."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import inspect
 import json
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +226,51 @@ def test_predict_and_forecast_scale_a_file_alike(wide_csv, tmp_path, capsys):
     main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt), "--data.path", str(short)])
     assert len(pd.read_csv(tmp_path / "version_3" / "predictions.csv")) == 6 * 3
     capsys.readouterr()
+
+
+class _Payload:
+    """Unpickling this creates a file: a stand-in for a checkpoint that runs code when it loads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("where", ["file", "url"])
+def test_checkpoint_that_would_run_code_is_refused(where, wide_csv, tmp_path, monkeypatch, capsys):
+    main(fit_args(wide_csv, tmp_path, "--model", "Naive"))
+    run = tmp_path / "version_0"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    ran = tmp_path / "ran.txt"
+    ckpt["payload"] = _Payload(ran)
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save(ckpt, served / "evil.ckpt")
+    path = str(served / "evil.ckpt")
+    if where == "url":  # Lightning checks a local file before loading it, not a download
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        path = f"http://127.0.0.1:{server.server_address[1]}/evil.ckpt"
+    capsys.readouterr()
+    try:
+        for sub in ("test", "predict"):
+            with pytest.raises(SystemExit):
+                main([sub, "--config", str(run / "config.yaml"), "--ckpt_path", path])
+            (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("tsattn: error")]
+            assert line.endswith("refusing to load it: it holds objects other than tensors and plain data "
+                                 "(it would import io.open)")
+    finally:
+        if where == "url":
+            server.shutdown()
+    assert not ran.exists()
+    with pytest.raises(SystemExit):
+        main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+              "--weights_only", "false"])
+    assert "--weights_only false would let a checkpoint run code" in capsys.readouterr().err
 
 
 def test_closed_form_start_kept_when_training_hurts(wide_csv, tmp_path):

@@ -25,6 +25,7 @@ import inspect
 import logging
 import math
 import os
+import pickle
 import re
 import sys
 import warnings
@@ -234,6 +235,16 @@ class TsattnCLI(LightningCLI):
                 f"tsattn {self.subcommand} needs the fitted model: give --ckpt_path (the checkpoint the run's "
                 "metrics.json names, e.g. runs/<name>/version_0/checkpoints/best-start.ckpt) beside its --config"
             )
+        if self._get(self.config, "ckpt_path"):
+            # Lightning unpickles a checkpoint it cannot check first (a URL) unless told otherwise; ours hold only
+            # tensors and plain data, so a checkpoint from anywhere loads without running code.
+            config = self.config[self.subcommand]
+            if config.get("weights_only") is False:
+                raise ValueError(
+                    "--weights_only false would let a checkpoint run code when it loads; tsattn checkpoints hold "
+                    "only tensors and plain data, so leave --weights_only out"
+                )
+            config["weights_only"] = True
         if self.subcommand == "predict":
             # Forecasting past the end: every row is history, and an unseen series is scaled on all of it (as in
             # tsattn forecast); the run's split would also ask a new file for rows it does not need.
@@ -282,7 +293,8 @@ class TsattnCLI(LightningCLI):
         ckpt_path = _selected_checkpoint(self.trainer, self.model)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
-            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path,
+                                        weights_only=True)
         name = type(self.model).__name__
         rows = {name: _pick_metrics(results)}
         errors = {name: _test_errors(self.trainer)}
@@ -349,7 +361,7 @@ class TsattnCLI(LightningCLI):
         log.info("fitting %s for comparison", cls.__name__)
         trainer.fit(model, datamodule=dm)
         best = _selected_checkpoint(trainer, model)
-        metrics = _pick_metrics(trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False))
+        metrics = _pick_metrics(trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True))
         return metrics, _test_errors(trainer)
 
     def _best_weights(self) -> list[BestWeights]:
@@ -656,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(code or 0)
     try:
         TsattnCLI(args=None if argv is None else args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, pickle.UnpicklingError) as exc:
         if os.environ.get("TSATTN_DEBUG"):
             raise
         _fail(_message(exc))
@@ -691,6 +703,10 @@ def _message(exc: Exception) -> str:
         hint = "; choose a writable location (e.g. --trainer.default_root_dir)" if unwritable else ""
         return f"{exc.filename}: {exc.strerror or type(exc).__name__}{hint}"
     text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        from tsattn.forecast import refusal
+
+        return f"the checkpoint of --ckpt_path: {refusal(exc)}"
     if text.startswith("Does not validate against any of the Union subtypes"):
         # jsonargparse's error for the model (a Forecaster or None): the model's own reason, not the whole config
         reasons = [r.strip() for r in re.findall(r"^\s*- (.+)$", text, re.M) if not r.startswith("Expected a ")]

@@ -194,6 +194,14 @@ def _object_from_config(name: str, value: Any) -> Any:
     return obj(**args) if name == "loss" else partial(obj, **args)
 
 
+def refusal(err: pickle.UnpicklingError) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a checkpoint, in one line (torch's text spans a page)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    reason = f"it would import {found.group(1)}" if found else (text.strip().splitlines() or [type(err).__name__])[0]
+    return f"refusing to load it: it holds objects other than tensors and plain data ({reason})"
+
+
 def load_checkpoint(path: str | os.PathLike, model: str | None = None) -> LoadedCheckpoint:
     """Restore a forecaster and its data state from *path*, safely (``torch.load(weights_only=True)``).
 
@@ -210,10 +218,7 @@ def load_checkpoint(path: str | os.PathLike, model: str | None = None) -> Loaded
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path}: refusing to load: it holds objects other than tensors and plain data ({first})"
-        ) from None
+        raise CheckpointError(f"{path}: {refusal(err)}") from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
