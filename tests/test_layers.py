@@ -93,6 +93,18 @@ def test_gam_gates_shrink_and_use_no_batchnorm() -> None:
     torch.testing.assert_close(gam(x), y)
 
 
+@pytest.mark.parametrize("channels", [1, 3, 7, 8])
+def test_gam_temporal_gate_reads_its_input_at_any_width(channels: int) -> None:
+    # hidden width C // 4 is 0 or 1 below 8 channels: a LayerNorm there would turn the gate into a constant
+    torch.manual_seed(3)
+    gam = GAM1d(channels, reduction=4, kernel_size=7)
+    x1, x2 = torch.randn(2, 2, 30, channels)
+    gates = [torch.sigmoid(gam.temporal(x)) for x in (x1, x2)]
+    assert (gates[0] - gates[1]).abs().max() > 1e-3
+    gates[0].sum().backward()
+    assert gam.temporal[0].weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("branches", [1, 2, 3, 4])
 def test_hrnet_any_length_and_branch_count(branches: int) -> None:
     torch.manual_seed(2)

@@ -6,7 +6,8 @@ by spatial attention — here temporal: two convolutions with kernel 7 and a sig
 
 Changes for forecasting: the convolutions are left-padded, so step t sees only steps ≤ t; BatchNorm (which mixes
 samples and, over time, the future) is replaced by LayerNorm over channels at each step, which also works at batch
-size 1.
+size 1; a width of one channel (few channels, or a reduction above half of them) is left unnormalised, as a
+LayerNorm over one value is a constant and would make the gate ignore its input.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class _CausalConv1d(nn.Conv1d):
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x.transpose(1, 2), (self.kernel_size[0] - 1, 0))  # (B, L, C) -> (B, C, L + k - 1)
         return super().forward(x).transpose(1, 2)  # (B, C', L) -> (B, L, C')
+
+
+def _norm(width: int) -> nn.Module:
+    """LayerNorm over the last dimension; none for one value, whose LayerNorm output is its bias alone."""
+    return nn.LayerNorm(width) if width > 1 else nn.Identity()
 
 
 class GAM1d(nn.Module):
@@ -44,10 +50,10 @@ class GAM1d(nn.Module):
         )
         self.temporal = nn.Sequential(
             _CausalConv1d(channels, hidden, kernel_size),
-            nn.LayerNorm(hidden),
+            _norm(hidden),
             nn.ReLU(inplace=True),
             _CausalConv1d(hidden, channels, kernel_size),
-            nn.LayerNorm(channels),
+            _norm(channels),
         )
 
     def forward(self, x: Tensor) -> Tensor:
