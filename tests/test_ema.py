@@ -66,6 +66,17 @@ def test_matches_pandas_ewm(adjust: bool, method: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("adjust", [False, True])
+def test_float_decay_keeps_the_datas_precision(adjust: bool, method: str) -> None:
+    # a Python float is taken at the data's precision: 0.9999 is not rounded to float32 on float64 data
+    torch.manual_seed(4)
+    x = torch.randn(1, 3000, 1, dtype=torch.float64)
+    for lam in (0.999, 0.9999):
+        ref = _pandas_ema(x, [lam], adjust)
+        np.testing.assert_allclose(ema(x, lam, adjust=adjust, method=method).numpy(), ref, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("adjust", [False, True])
 def test_long_sequence_finite_and_exact(adjust: bool, method: str) -> None:
     torch.manual_seed(2)
     decays = [0.5, 0.9, 0.99, 0.999, 0.9999]

@@ -287,7 +287,7 @@ def _as_decay(decay: float | Tensor, x: Tensor) -> Tensor:
     if not torch.is_tensor(decay):
         if not 0.0 < float(decay) < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
-        decay = torch.tensor(float(decay))
+        decay = torch.tensor(float(decay), dtype=torch.float64)  # the data's precision, not float32's
     return decay.to(device=x.device, dtype=x.dtype).expand(x.shape[-1])
 
 
