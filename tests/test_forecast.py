@@ -335,12 +335,15 @@ def test_cutoffs_use_only_rows_up_to_them(tmp_path, capsys, linear_ckpt):
     src = wide_csv(tmp_path / "plant.csv")
     ds = pd.read_csv(src, parse_dates=["date"])["date"]
     cut_a, cut_b, too_early = ds[59], ds[99], ds[5]
+    between = cut_a + pd.Timedelta("30min")  # no row of its own: its history ends on cut_a's row
     code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, "--output", tmp_path / "f.csv",
-                         "--cutoffs", str(cut_a), f"{cut_b},{too_early}")
+                         "--cutoffs", str(cut_a), f"{cut_b},{too_early}", str(between))
     assert code == 0, err
     assert "at cutoff" in out and f"lookback={LOOKBACK}" in out
+    assert f"cutoff {between} ends on the same row ({cut_a}) as cutoff {cut_a}" in out
     table = pd.read_csv(tmp_path / "f.csv", parse_dates=["ds", "cutoff"])
     assert sorted(table["cutoff"].unique()) == [cut_a, cut_b]
+    assert not table.duplicated(["unique_id", "ds", "cutoff"]).any()
     for cut, rows in ((cut_a, 60), (cut_b, 100)):
         part = table[table["cutoff"] == cut]
         assert list(part["ds"].iloc[:HORIZON]) == list(pd.date_range(cut, periods=HORIZON + 1, freq="h")[1:])

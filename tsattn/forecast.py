@@ -722,6 +722,23 @@ def _cut(frame: pd.DataFrame, cutoff: pd.Timestamp, ctx: _Context) -> tuple[pd.D
     return kept, list(bad.items())
 
 
+def _same_history(
+    kept: pd.DataFrame, cutoff: pd.Timestamp, ends: dict[str, tuple[pd.Timestamp, pd.Timestamp]]
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """*kept* without the series whose history ends on the row an earlier cutoff's ended on (its forecast would be
+    written twice under one key); ``ends`` records each series' last row and the cutoff that first reached it."""
+    same: list[tuple[str, str]] = []
+    for uid, last in kept.groupby("unique_id", sort=False)["ds"].max().items():
+        earlier = ends.get(str(uid))
+        if earlier is not None and earlier[0] == last:
+            same.append((str(uid), f"cutoff {cutoff} ends on the same row ({last}) as cutoff {earlier[1]}"))
+        else:
+            ends[str(uid)] = (last, cutoff)
+    if same:
+        kept = kept[~kept["unique_id"].isin([uid for uid, _ in same])]
+    return kept, same
+
+
 @dataclass
 class _ChunkReport:
     chunk: int
@@ -898,9 +915,11 @@ class _ForecastWindows(IterableDataset):
     ) -> Iterator[tuple[SeriesDataModule, pd.Timestamp]]:
         """A DataModule of the rows up to each cutoff (its missing values filled from those rows alone)."""
         for frame, _ in frames:
+            ends: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}  # id -> (last history row, its first cutoff)
             for cutoff in self.ctx.cutoffs:
                 kept, bad = _cut(frame, cutoff, self.ctx)
-                skip.extend((uid, str(cutoff), why) for uid, why in bad)
+                kept, same = _same_history(kept, cutoff, ends)
+                skip.extend((uid, str(cutoff), why) for uid, why in bad + same)
                 if len(kept) == 0:
                     continue
                 built, worse = _isolate(kept, "unique_id", lambda part: self.ctx.module(part, "unique_id", "ds"),
