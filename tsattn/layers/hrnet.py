@@ -53,11 +53,23 @@ class _Stage(nn.Module):
     """Blocks in every branch, then each of the first `outputs` branches receives the sum of all others, resampled."""
 
     def __init__(
-        self, d_model: int, n_heads: int, window: int, branches: int, blocks: int, outputs: int, **block_kw
+        self,
+        d_model: int,
+        n_heads: int,
+        window: int,
+        branches: int,
+        blocks: int,
+        outputs: int,
+        ff_mult: int,
+        dropout: float,
+        similarity: str,
     ) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.ModuleList(EMAAttentionBlock(d_model, n_heads, window, **block_kw) for _ in range(blocks))
+            nn.ModuleList(
+                EMAAttentionBlock(d_model, n_heads, window, ff_mult=ff_mult, dropout=dropout, similarity=similarity)
+                for _ in range(blocks)
+            )
             for _ in range(branches)
         )
         # fuse[k][i] maps branch i to branch k's resolution (Identity on the diagonal, unused)
