@@ -377,6 +377,18 @@ def test_missing_values_at_a_cutoff_are_filled_from_the_rows_before_it(tmp_path,
     np.testing.assert_array_equal(tables[0]["yhat"].to_numpy(), tables[1]["yhat"].to_numpy())
 
 
+def test_parquet_without_pyarrow_is_one_line_before_any_work(tmp_path, capsys, linear_ckpt, monkeypatch):
+    src = wide_csv(tmp_path / "plant.csv")
+    pd.read_csv(src).to_parquet(tmp_path / "plant.parquet")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as on an install without the [parquet] extra
+    code, out, err = run(capsys, "--ckpt", linear_ckpt, "--input", src, "--output", tmp_path / "f.parquet")
+    assert code == 2 and err.count("\n") == 1
+    assert f"output {tmp_path / 'f.parquet'}: Parquet needs pyarrow: pip install 'tsattn[parquet]'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plant.csv", "plant.parquet"]
+    with pytest.raises(ValueError, match=r"plant.parquet: Parquet needs pyarrow"):
+        SeriesDataModule(tmp_path / "plant.parquet", lookback=LOOKBACK, horizon=HORIZON).setup("fit")
+
+
 def test_quantile_columns_melt_parquet_and_plots(tmp_path, capsys, quantile_ckpt):
     # A one-channel model on a wide file without its column: each numeric column is its own series.
     frame = make_wide_frame(100, 2).rename(columns={"x0": "a", "x1": "b"})

@@ -69,7 +69,7 @@ from pandas.tseries.frequencies import to_offset
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tsattn.atomic import atomic_path
-from tsattn.data import SeriesDataModule, not_text, read_series, separator_problem
+from tsattn.data import SeriesDataModule, not_text, read_series, require_pyarrow, separator_problem
 from tsattn.models.base import Forecaster
 from tsattn.models.registry import (
     OBJECT_HPARAMS,
@@ -1293,6 +1293,8 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise ForecastError(f"output {output} must end in .csv or .parquet")
     if output.is_dir():
         raise ForecastError(f"output {output} is a directory; name a .csv or .parquet file")
+    if output.suffix.lower() != ".csv":
+        require_pyarrow(f"output {output}")
     check_new_file(output, "output", overwrite)
 
 

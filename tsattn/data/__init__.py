@@ -12,6 +12,7 @@ from tsattn.data.frames import (
     infer_period,
     not_text,
     read_series,
+    require_pyarrow,
     separator_problem,
     time_index,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "not_text",
     "ratio_borders",
     "read_series",
+    "require_pyarrow",
     "separator_problem",
     "split_borders",
     "time_borders",

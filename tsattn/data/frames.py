@@ -47,6 +47,7 @@ __all__ = [
     "infer_period",
     "not_text",
     "read_series",
+    "require_pyarrow",
     "separator_problem",
     "time_index",
 ]
@@ -178,6 +179,7 @@ def _load(
         suffix = path.suffix.lower()
         try:
             if suffix in (".parquet", ".pq"):
+                require_pyarrow(path)
                 df = _index_as_columns(pd.read_parquet(path), time_col)  # a time index saved with the frame
                 where = _Where(path.name, is_file=False)
             else:
@@ -243,6 +245,16 @@ def _index_as_columns(df: pd.DataFrame, time_col: str | None) -> pd.DataFrame:
         df = df.reset_index(drop=True)
     df.columns = [str(c) for c in df.columns]
     return df
+
+
+def require_pyarrow(path: str | os.PathLike) -> None:
+    """A ValueError naming *path* where pyarrow, which reads and writes Parquet, is not installed."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"{path}: Parquet needs pyarrow: pip install 'tsattn[parquet]' (or use a .csv file)"
+        ) from None
 
 
 def separator_problem(name: str, header: list[str]) -> str | None:
