@@ -377,6 +377,20 @@ def test_missing_values_at_a_cutoff_are_filled_from_the_rows_before_it(tmp_path,
     np.testing.assert_array_equal(tables[0]["yhat"].to_numpy(), tables[1]["yhat"].to_numpy())
 
 
+def test_every_series_gets_its_own_plot(tmp_path, capsys, quantile_ckpt):
+    ids = {"s0": "s 1", "s1": "s_1", "s2": "s/1", "s3": "x" * 300}  # names that used to clash, a long one
+    frame = make_long_frame((40, 41, 42, 43), channels=1).rename(columns={"y0": "y"})
+    frame["id"] = frame["id"].map(ids)
+    frame.to_csv(tmp_path / "odd.csv", index=False)
+    plots = tmp_path / "plots"
+    code, out, err = run(capsys, "--ckpt", quantile_ckpt, "--input", tmp_path / "odd.csv", "--output",
+                         tmp_path / "f.csv", "--plot", plots)
+    assert code == 0, err
+    names = sorted(p.name for p in plots.iterdir())
+    assert len(names) == 4 and {"s%201.png", "s_1.png", "s%2F1.png"} < set(names)
+    assert max(len(n) for n in names) < 200
+
+
 def test_parquet_without_pyarrow_is_one_line_before_any_work(tmp_path, capsys, linear_ckpt, monkeypatch):
     src = wide_csv(tmp_path / "plant.csv")
     pd.read_csv(src).to_parquet(tmp_path / "plant.parquet")
@@ -403,7 +417,7 @@ def test_quantile_columns_melt_parquet_and_plots(tmp_path, capsys, quantile_ckpt
     assert pd.api.types.is_datetime64_any_dtype(table["ds"])
     np.testing.assert_array_equal(table["yhat"], table["yhat_q0.5"])
     assert (table["yhat_q0.1"] <= table["yhat_q0.5"]).all() and (table["yhat_q0.5"] <= table["yhat_q0.9"]).all()
-    assert sorted(p.name for p in plots.iterdir()) == ["two_a.png", "two_b.png"]
+    assert sorted(p.name for p in plots.iterdir()) == ["two%2Fa.png", "two%2Fb.png"]
 
     # A long file with the id column the model was trained with (`id`): found without --id-col.
     long = make_long_frame((60, 70), channels=1).rename(columns={"y0": "y"})

@@ -52,6 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -1030,7 +1031,12 @@ def _date_format(table: pd.DataFrame) -> str:
 
 
 def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "series"
+    """A file name of *text*, another for every other text: percent-encoded (``a/b`` -> ``a%2Fb``), and a long one
+    cut and told apart by a hash of the whole."""
+    name = urllib.parse.quote(text, safe="") or "(empty)"  # quote leaves "(" encoded: no id gives this name
+    if len(name) > 160:
+        name = f"{name[:140]}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return name
 
 
 def _plot_name(uid: str, cutoff: Any, many_cutoffs: bool) -> str:
@@ -1541,7 +1547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cutoffs", type=str, nargs="+", default=None,
                         help="Forecast from these timestamps (using rows up to each) instead of each series' end; a "
                              "cutoff whose last row is an earlier cutoff's is skipped and reported.")
-    parser.add_argument("--plot", type=str, default=None, help="Folder for one PNG per series (and cutoff).")
+    parser.add_argument("--plot", type=str, default=None, help="Folder for one PNG per series (and cutoff), named by its id "
+                             "percent-encoded: series/column -> series%2Fcolumn.png.")
     parser.add_argument("--chunk-size", type=int, default=500, help="Series read and predicted at a time.")
     parser.add_argument("--num-workers", type=int, default=0, help="Dataloader workers per rank (parse in parallel).")
     parser.add_argument("--skipped", type=str, default=None,
