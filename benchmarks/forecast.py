@@ -174,6 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a fair single-core comparison).")
     parser.add_argument("--skip-one-chunk", action="store_true", help="Skip the all-series-in-one-chunk run.")
     args = parser.parse_args(argv)
+    for name in ("n_series", "chunk_size", "batch_size", "windows", "step", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    from tsattn.data import min_rows
+
+    need, why = min_rows("ratio", LOOKBACK, HORIZON)
+    if args.length < need:
+        parser.error(f"--length must be >= {need}: the checkpoint is trained on {why}")
+    need = LOOKBACK + HORIZON + (args.windows - 1) * args.step
+    if args.backtest_length < need:
+        parser.error(f"--backtest-length must be >= {need}: lookback {LOOKBACK} + horizon {HORIZON} + "
+                     f"(--windows - 1) x --step")
 
     import torch
 
