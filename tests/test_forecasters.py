@@ -177,3 +177,24 @@ def test_quantiles_without_a_median_warn(caplog) -> None:
     with caplog.at_level("WARNING", logger="tsattn.models.base"):
         cls(n_channels=1, lookback=LOOKBACK, horizon=HORIZON, quantiles=[0.1, 0.5, 0.9])
     assert "median" not in caplog.text
+
+
+@pytest.mark.parametrize("name", ["RidgeCycle", "EMAAttentionForecaster"])
+def test_closed_form_fit_with_loader_workers(name: str, wide_frame, tmp_path) -> None:
+    # The closed form reads a loader of its own: reading the Trainer's, whose persistent workers share one
+    # iterator, used up the training epoch (no batches, no validation) when num_workers > 0.
+    cls, states = _forecaster_class(name), []
+    for workers in (0, 2):
+        L.seed_everything(0, verbose=False)
+        dm = SeriesDataModule(frame=wide_frame(n=160, channels=CHANNELS), lookback=LOOKBACK, horizon=HORIZON,
+                              batch_size=BATCH, num_workers=workers)
+        model = cls(n_channels=CHANNELS, lookback=LOOKBACK, horizon=HORIZON)
+        trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                            default_root_dir=tmp_path)
+        trainer.fit(model, datamodule=dm)
+        assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == len(dm.train_dataloader())
+        assert "val/mse" in trainer.callback_metrics
+        states.append(dict(model.named_buffers()))  # the closed form; training draws differ with workers
+    for key, value in states[0].items():
+        torch.testing.assert_close(states[1][key], value, rtol=0, atol=0, msg=key)

@@ -260,17 +260,22 @@ class Forecaster(L.LightningModule):
 
     # ----------------------------------------------------------------- closed form and optimisation
     def on_train_start(self) -> None:
-        if not bool(self.closed_form_fitted):
-            loader = self.trainer.train_dataloader
-            if loader is not None:
-                self.fit_closed_form(DeviceLoader(loader, self.device))
-            self.closed_form_fitted.fill_(True)
+        # A loader of its own: the Trainer's, with persistent workers, hands out the one iterator that the training
+        # loop already holds, and this pass would use it up. Without a DataModule there is only the Trainer's.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self._fit_closed_form_once(datamodule.train_dataloader() if datamodule is not None
+                                   else self.trainer.train_dataloader)
 
     def on_fit_end(self) -> None:
         # max_epochs=0 skips the training loop and on_train_start: the closed-form part is still fitted
         datamodule = getattr(self.trainer, "datamodule", None)
-        if not bool(self.closed_form_fitted) and datamodule is not None:
-            self.fit_closed_form(DeviceLoader(datamodule.train_dataloader(), self.device))
+        if datamodule is not None:
+            self._fit_closed_form_once(datamodule.train_dataloader())
+
+    def _fit_closed_form_once(self, loader: Iterable[dict[str, Tensor]] | None) -> None:
+        if not bool(self.closed_form_fitted):
+            if loader is not None:
+                self.fit_closed_form(DeviceLoader(loader, self.device))
             self.closed_form_fitted.fill_(True)
 
     def on_train_epoch_end(self) -> None:
