@@ -419,6 +419,19 @@ def test_checkpoint_of_another_size_or_a_used_folder_one_line(wide_csv, tmp_path
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "config.yaml exists" in line and "--trainer.default_root_dir" in line
     assert (tmp_path / "p" / "predictions.csv").read_bytes() == before
+    # A user's files of the same names in a folder without config.yaml are kept too, and nothing runs.
+    for sub, name, extra in (("predict", "predictions.csv", []), ("test", "metrics.json", []),
+                             ("fit", "forecast.png", ["--plot", "true"])):
+        folder = tmp_path / f"user-{sub}"
+        folder.mkdir()
+        (folder / name).write_text("mine")
+        args = fit_args(wide_csv, folder, "--model", "Linear")[1:] if sub == "fit" else \
+            ["--config", config, "--ckpt_path", mine]
+        with pytest.raises(SystemExit):
+            main([sub, *args, *extra, "--trainer.logger", "false", "--trainer.default_root_dir", str(folder)])
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert f"{folder / name} exists" in line
+        assert sorted(p.name for p in folder.iterdir()) == [name] and (folder / name).read_text() == "mine"
 
 
 def test_unwritable_run_folder_one_line(wide_csv, tmp_path, capsys):

@@ -126,17 +126,24 @@ class _Instantiator(_InstantiatorFn):
 
 # --------------------------------------------------------------------------------------------- the CLI
 class _SaveConfig(SaveConfigCallback):
-    """Lightning's config saving, with a one-line error where a run folder already holds a config."""
+    """Lightning's config saving, with a one-line error where the run folder already holds a run's files (without
+    a logger the run folder is ``--trainer.default_root_dir`` itself)."""
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if not self.already_saved and self.save_to_log_dir and not self.overwrite and trainer.is_global_zero:
-            path = Path(trainer.log_dir or trainer.default_root_dir) / self.config_filename
-            if path.is_file():
-                raise ValueError(
-                    f"{path} exists: that folder holds an earlier run; give another --trainer.default_root_dir, or "
-                    "keep the default logger, which makes a new version_N folder for each run"
-                )
+            run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+            for name in (self.config_filename, *RUN_FILES):
+                if (run_dir / name).exists():
+                    raise ValueError(
+                        f"{run_dir / name} exists: that folder holds an earlier run; give another "
+                        "--trainer.default_root_dir, or keep the default logger, which makes a new version_N folder "
+                        "for each run"
+                    )
         super().setup(trainer, pl_module, stage)
+
+
+# What the commands write into a run folder besides config.yaml (and the logger's files).
+RUN_FILES = ("metrics.json", "predictions.csv", "forecast.png")
 
 
 class TsattnCLI(LightningCLI):
@@ -598,8 +605,8 @@ def write_forecast_plot(
         )
     fig.suptitle(f"{type(model).__name__}: last test window, lookback {lookback}, horizon {model.horizon}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return path
 
 
