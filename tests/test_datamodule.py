@@ -191,6 +191,28 @@ def test_property_holdout_rows_never_change_scaler(data, split, scaler, value, l
         assert not np.array_equal(_dm(changed, **kw).loc, base.loc)
 
 
+@pytest.mark.parametrize("missing", ["ffill", "interpolate"])
+def test_filled_values_never_come_from_a_later_split(missing, wide_frame):
+    df = wide_frame(200, channels=2)
+    base = _dm(df)
+    train_end, val_end = base.borders[0].train_end, base.borders[0].val_end
+    df.loc[[train_end - 1, val_end - 1], "x0"] = np.nan  # the last row of train and of val
+    df = df.drop(index=[train_end - 3])  # and a missing step on the grid
+    filled = _dm(df, missing=missing)
+    for border in (train_end, val_end):
+        later = df.copy()
+        later.loc[later.index >= border, ["x0", "x1"]] += 1000.0  # every row from the border on
+        moved = _dm(later, missing=missing)
+        before = moved.series_frame.frame[["x0", "x1"]].to_numpy()[:border]
+        np.testing.assert_array_equal(before, filled.series_frame.frame[["x0", "x1"]].to_numpy()[:border])
+        np.testing.assert_array_equal(moved.loc, filled.loc)
+        np.testing.assert_array_equal(moved.scale, filled.scale)
+    assert not filled.series_frame.frame[["x0", "x1"]].isna().any().any()
+    df.loc[df.index < train_end, "x1"] = np.nan  # nothing in the training rows to fill from
+    with pytest.raises(ValueError, match=r"column 'x1' of series '.*' has no finite value in its training rows"):
+        _dm(df, missing=missing)
+
+
 # ------------------------------------------------------------------------------------------------ splits & errors
 
 

@@ -24,7 +24,7 @@ import torch
 from pandas.tseries.frequencies import to_offset
 from torch.utils.data import DataLoader
 
-from tsattn.data.frames import check_length, infer_period, on_grid, read_series, time_index
+from tsattn.data.frames import check_length, fill_gaps, infer_period, on_grid, read_series, time_index
 from tsattn.data.scaling import SCALERS, fit_scaler
 from tsattn.data.windows import (
     DEFAULT_RATIOS,
@@ -114,12 +114,14 @@ class SeriesDataModule(L.LightningDataModule):
         self.ratios, self.val_start, self.test_start = ratios, val_start, test_start
         self.scaler, self.batch_size, self.num_workers = scaler, int(batch_size), int(num_workers)
 
+        by_split = missing in ("ffill", "interpolate")  # filled below, each split from the rows up to its end
         sf = read_series(
             frame if frame is not None else path,
             time_col=time_col,
             id_col=id_col,
             target_cols=target_cols,
             missing=missing,
+            fill=not by_split,
         )
         self.series_frame = sf
         self.missing = missing
@@ -133,6 +135,8 @@ class SeriesDataModule(L.LightningDataModule):
         ds_list, values, borders = [], [], []
         for uid, ds, vals in sf.series():
             borders.append(self._borders(uid, ds))
+            if by_split:
+                vals = self._filled(uid, ds, vals, borders[-1])
             self.series_ids.append(uid)
             ds_list.append(ds)
             values.append(vals)
@@ -141,6 +145,8 @@ class SeriesDataModule(L.LightningDataModule):
         lengths = np.asarray([len(v) for v in values], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (S + 1,)
         self._raw = np.concatenate(values, axis=0)  # (N, C) float64, original units
+        if by_split:
+            sf.frame[self.target_cols] = self._raw
         self._t0 = np.asarray(
             [int(time_index(ds[:1], sf.freq)[0]) for ds in ds_list], dtype=np.int64
         )  # (S,) absolute step index of each series' first row
@@ -180,6 +186,23 @@ class SeriesDataModule(L.LightningDataModule):
         if self.split == "none" and n < lb + h:
             log.debug("series '%s' has %d rows: no training window of %d rows fits", uid, n, lb + h)  # forecasting
         return split_borders(n, self.split, ratios=self.ratios)
+
+    def _filled(self, uid: str, ds: pd.DatetimeIndex, values: np.ndarray, b: Borders) -> np.ndarray:
+        """*values* (T, C) with the NaN of each split filled (``missing``) from the rows up to that split's end, so
+        that no value of a later split fills a row of an earlier one (nor reaches the scaler)."""
+        out, start = values.copy(), 0
+        for end in (b.train_end, b.val_end, len(out)):
+            if end > start:
+                out[start:end] = fill_gaps(pd.DataFrame(out[:end]), self.missing).to_numpy()[start:end]
+                start = end
+            if end == b.train_end and end > 0 and np.isnan(out[:end]).any():
+                col = self.target_cols[int(np.nonzero(np.isnan(out[:end]).any(axis=0))[0][0])]
+                raise ValueError(
+                    f"{self.series_frame.source}: column '{col}' of series '{uid}' has no finite value in its "
+                    f"training rows (up to {ds[end - 1]}) to fill from; drop the column (target_cols=[...]) or the "
+                    "series, or move the split"
+                )
+        return out
 
     def _scaled(self) -> np.ndarray:
         lengths = np.diff(self._offsets)

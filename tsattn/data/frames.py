@@ -44,6 +44,7 @@ __all__ = [
     "SeriesFrame",
     "SeriesFileNotFoundError",
     "check_length",
+    "fill_gaps",
     "infer_period",
     "not_text",
     "read_series",
@@ -828,6 +829,15 @@ def _drop_nonfinite(out: pd.DataFrame, target_cols: list[str], where: _Where) ->
     return kept
 
 
+def fill_gaps(values: pd.Series | pd.DataFrame, missing: str) -> pd.Series | pd.DataFrame:
+    """The NaN/inf of one series' values (rows in time order) filled by *missing*: ``ffill`` (leading ones
+    back-filled) or ``interpolate`` (linear, constant at the edges). A column without a finite value stays NaN."""
+    values = values.astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    if missing == "ffill":
+        return values.ffill().bfill()
+    return values.interpolate(method="linear", limit_direction="both")
+
+
 def _handle_nonfinite(out: pd.DataFrame, target_cols: list[str], where: _Where, missing: str) -> pd.DataFrame:
     bad = _nonfinite(out, target_cols)
     if not bad.any():
@@ -846,13 +856,12 @@ def _handle_nonfinite(out: pd.DataFrame, target_cols: list[str], where: _Where, 
             f"timestamp {out['ds'].iloc[i]}); {int(bad.sum())} such cell(s) in all. Fix the data, or pass "
             f"missing='ffill' / missing='interpolate' to fill them, or missing='ignore' to drop such rows{_MISSING_FLAGS}."
         )
-    vals = out[target_cols].astype(np.float64).replace([np.inf, -np.inf], np.nan)
-    groups = vals.groupby(out["unique_id"], sort=False)
-    if missing == "ffill":
-        filled = groups.ffill()
-        filled = filled.groupby(out["unique_id"], sort=False).bfill()
+    ids = out["unique_id"]
+    if missing == "ffill":  # fill_gaps per series, in two vectorised passes over all of them
+        filled = out[target_cols].astype(np.float64).replace([np.inf, -np.inf], np.nan).groupby(ids, sort=False).ffill()
+        filled = filled.groupby(ids, sort=False).bfill()
     else:
-        filled = groups.transform(lambda s: s.interpolate(method="linear", limit_direction="both"))
+        filled = out[target_cols].groupby(ids, sort=False).transform(lambda s: fill_gaps(s, missing))
     still = filled.isna().to_numpy()
     if still.any():
         i, j = (int(k[0]) for k in np.nonzero(still))
