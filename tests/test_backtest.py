@@ -183,6 +183,11 @@ def test_cli_outputs_and_no_overwrite(tmp_path, capsys, quantile_ckpt):
     assert bt.main([*args[:8], "--output", str(tmp_path / "data.csv"), "--overwrite", *NO_BAR]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is the input" in err and (tmp_path / "data.csv").read_bytes() == data
+    same = tmp_path / "same.csv"  # one file for two outputs: refused before anything runs, --overwrite or not
+    assert bt.main([*args[:8], "--output", str(same), "--forecasts", str(same), "--overwrite", *NO_BAR]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--output and --forecasts name the same file {same}" in err
+    assert not same.exists()
 
 
 def test_a_directory_or_glob_of_files(tmp_path, capsys, plain_ckpt):

@@ -665,6 +665,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_output(out, overwrite)
             if out.resolve() in inputs:
                 raise ForecastError(f"output {out} is the input; name another file")
+        named = [(flag, Path(p).resolve()) for flag, p in (("--output", cfg.output), ("--forecasts", cfg.forecasts),
+                                                            ("--plot", cfg.plot)) if p]
+        for k, (flag, path) in enumerate(named):
+            for other, same in named[k + 1:]:
+                if same == path:
+                    raise ForecastError(f"{flag} and {other} name the same file {path}; give each its own")
         if cfg.plot:
             check_new_file(Path(cfg.plot), "plot", overwrite)
         result = backtest(
