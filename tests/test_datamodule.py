@@ -156,11 +156,17 @@ def test_scaler_fit_on_train_rows(kind, long_frame):
             np.testing.assert_array_equal(dm.scale[k], 1.0)
 
 
-def test_constant_channel_gets_unit_scale(wide_frame):
+def test_constant_channel_gets_unit_scale(wide_frame, caplog):
     df = wide_frame(100, channels=2).assign(x1=5.0)
-    dm = _dm(df)
+    with caplog.at_level("WARNING", logger="tsattn.data.datamodule"):
+        dm = _dm(df)
     assert dm.scale[0, 1] == 1.0
     assert torch.isfinite(next(iter(dm.train_dataloader()))["past"]).all()
+    assert "1 series/column(s) constant on their training rows ('series'/x1): scaled by 1" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tsattn.data.datamodule"):
+        _dm(df, period=40)  # 70 training rows
+    assert "period 40: a series has 70 training rows, fewer than two periods" in caplog.text
 
 
 @settings(max_examples=20, deadline=None)

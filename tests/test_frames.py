@@ -187,6 +187,12 @@ def test_saved_index_column_left_out(tmp_path, wide_frame, caplog):
     df.insert(0, "", np.linspace(5.0, 6.0, 30))  # an unnamed column of values is a series like any other
     df.to_csv(tmp_path / "unnamed.csv", index=False)
     assert read_series(tmp_path / "unnamed.csv").target_cols == ["Unnamed: 0", "x0", "x1"]
+    # a separator at the end of every line (as spreadsheets write): an empty column without a name, left out
+    text = (tmp_path / "unnamed.csv").read_text().splitlines()
+    (tmp_path / "trailing.csv").write_text("".join(line + ",\n" for line in text))
+    with caplog.at_level("WARNING", logger="tsattn.data.frames"):
+        assert read_series(tmp_path / "trailing.csv").target_cols == ["Unnamed: 0", "x0", "x1"]
+    assert "trailing.csv: left out column 5, without a name or a value" in caplog.text
 
 
 def test_errors_for_files_that_are_not_comma_separated_utf8(tmp_path, wide_frame):

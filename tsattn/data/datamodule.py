@@ -157,6 +157,8 @@ class SeriesDataModule(L.LightningDataModule):
         fits = [fit_scaler(v[: b.train_end], scaler) for v, b in zip(values, borders, strict=True)]
         self.loc: np.ndarray = np.stack([f[0] for f in fits])  # (S, C)
         self.scale: np.ndarray = np.stack([f[1] for f in fits])  # (S, C)
+        if split != "none":
+            self._warn_thin_training(values, borders)
         self._store: dict[str, torch.Tensor] | None = None
         self._datasets: dict[str, WindowDataset] = {}
 
@@ -186,6 +188,23 @@ class SeriesDataModule(L.LightningDataModule):
         if self.split == "none" and n < lb + h:
             log.debug("series '%s' has %d rows: no training window of %d rows fits", uid, n, lb + h)  # forecasting
         return split_borders(n, self.split, ratios=self.ratios)
+
+    def _warn_thin_training(self, values: list[np.ndarray], borders: list[Borders]) -> None:
+        """Warn of training rows that leave a channel's scale or a season's cycle undetermined."""
+        flat = [f"'{uid}'/{col}" for uid, v, b in zip(self.series_ids, values, borders, strict=True)
+                for j, col in enumerate(self.target_cols) if b.train_end > 0 and np.ptp(v[: b.train_end, j]) == 0]
+        if flat:
+            log.warning(
+                "%d series/column(s) constant on their training rows (%s%s): scaled by 1, so their errors are in "
+                "original units; leave them out (target_cols) unless that is meant", len(flat), ", ".join(flat[:5]),
+                ", ..." if len(flat) > 5 else "",
+            )
+        short = min(b.train_end for b in borders)
+        if self.period is not None and short < 2 * self.period:
+            log.warning(
+                "period %d: a series has %d training rows, fewer than two periods, so a seasonal cycle fitted on them "
+                "has one value or none per phase; give a shorter period or more training rows", self.period, short,
+            )
 
     def _filled(self, uid: str, ds: pd.DatetimeIndex, values: np.ndarray, b: Borders) -> np.ndarray:
         """*values* (T, C) with the NaN of each split filled (``missing``) from the rows up to that split's end, so

@@ -224,6 +224,11 @@ def _load(
             ", ".join(f"column {df.columns.get_loc(c) + 1}" for c in counters),
         )
         df = df.drop(columns=counters)
+    empty = [c for c in df.columns if _UNNAMED.fullmatch(c) and df[c].isna().all()]
+    if empty:  # a separator at the end of every line (as spreadsheets export): an empty last column
+        log.warning("%s: left out %s, without a name or a value", where.name,
+                    ", ".join(f"column {df.columns.get_loc(c) + 1}" for c in empty))
+        df = df.drop(columns=empty)
     return df, where
 
 
