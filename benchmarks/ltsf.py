@@ -15,13 +15,14 @@ when the test period holds fewer than two blocks).
         --horizon 96 --horizon 192 --model ema --model ridge --model ridge-cycle --json results.json
 
 Each learned fit has a time budget (``--max-fit-minutes``, default 8): when it runs out, Lightning stops after the
-current batch, validates once more and the best validated weights so far are kept. On large panels, where
-validating and testing take minutes themselves, training also stops when only the estimated time for a last
-validation and the test is left of ``--max-run-minutes`` (default 10), so that no run exceeds it. ``--missing``
-passes gaps through the DataModule's rule (e.g. ``ignore`` for trading days). A horizon the data is too short for
-is skipped with one line saying why; when no horizon is left the script fails and writes nothing. Bad arguments and
-bad data (missing or empty file, non-numeric or missing values) fail up front, before any fit. ``--json`` is written
-atomically and refuses an existing file unless ``--overwrite`` is given.
+current batch, validates once more and the best validated weights so far are kept. On large panels, where validating and
+testing take minutes themselves, training also stops when only the estimated time for a last validation and the test is
+left of ``--max-run-minutes`` (default 10), so that no run exceeds it. ``--missing`` passes gaps through the
+DataModule's rule (e.g. ``ignore`` for trading days); ``--target-cols`` and ``--time-col`` choose the columns. A horizon
+the data is too short for is skipped with one line saying why; when no horizon is left the script fails and writes
+nothing. Bad arguments and bad data (missing or empty file, non-numeric or missing values, a model the data rules out)
+fail up front, before any fit; a model whose forecasts are not finite gets a line instead of a row. ``--json`` is
+written atomically and refuses an existing file unless ``--overwrite`` is given.
 
 Models: ema (EMAAttentionForecaster), gam, hrnet, linear, naive, phase-ridge, ridge, ridge-cycle. ``--hparam ema.d_model=64``
 overrides a hyperparameter of one model (values parsed as Python literals). ``mse_vs_ridge`` is the test MSE over
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import inspect
 import json
 import logging
@@ -39,11 +41,12 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 
@@ -69,6 +72,7 @@ MODELS: dict[str, str] = {
 DEFAULT_MODELS = ["ema", "ridge", "ridge-cycle"]
 DEFAULT_HORIZONS = [96, 192, 336, 720]
 SET_BY_SCRIPT = {"n_channels": "the CSV's columns", "lookback": "--lookback", "horizon": "--horizon"}
+NOT_LITERALS = {"loss": "a torch module", "optimizer": "an optimizer factory", "lr_scheduler": "a scheduler factory"}
 
 
 def model_class(name: str) -> type | None:
@@ -108,10 +112,13 @@ def hparam_problem(name: str, cls: type, hparams: dict[str, object]) -> str | No
     """A sentence on the first of *hparams* that ``cls`` does not take (values are checked by building the model,
     `build_model`), or None."""
     params = inspect.signature(cls).parameters
-    valid = [k for k, p in params.items() if k not in SET_BY_SCRIPT and p.kind is not p.VAR_KEYWORD]
+    valid = [k for k, p in params.items() if k not in SET_BY_SCRIPT and p.kind is not p.VAR_KEYWORD
+             and k not in NOT_LITERALS]
     for key in hparams:
         if key in SET_BY_SCRIPT:
             return f"{name}.{key} is set from {SET_BY_SCRIPT[key]}; drop the --hparam"
+        if key in NOT_LITERALS and key in params:
+            return f"{name}.{key} takes {NOT_LITERALS[key]}, which a command-line value cannot be; set it in Python"
         if key not in valid:
             return f"{name} ({cls.__name__}) has no hyperparameter {key!r}; valid names: {', '.join(valid)}"
     return None
@@ -140,10 +147,12 @@ def build_model(
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, RuntimeError) as err:
-        given = " ".join(f"{name}.{k}={v!r}" for k, v in hparams.items()) or "no --hparam"
+        given = " ".join(f"{name}.{k}={v!r}" for k, v in hparams.items())
         types = [f"{k}: {p.annotation}" for k, p in params.items() if k in hparams and p.annotation is not p.empty]
         expected = f" (the types it takes: {', '.join(types)})" if types else ""
-        raise ModelError(f"{name} ({cls.__name__}) with {given} could not be built: {err}{expected}") from None
+        what = f"--hparam {given}" if given else f"--model {name} ({cls.__name__})"
+        raise ModelError(f"{what} could not be built for lookback {lookback}, horizon {horizon}, period {period}: "
+                         f"{err}{expected}") from None
 
 
 class RunDeadline(Callback):
@@ -291,6 +300,28 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+@contextlib.contextmanager
+def _quiet_reader() -> Iterator[None]:
+    """The reader's warnings (skipped columns, a saved index) silenced: the file was read, and they said, once."""
+    reader = logging.getLogger("tsattn.data.frames")
+    level = reader.level
+    reader.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        reader.setLevel(level)
+
+
+def _for_this_script(message: str) -> str:
+    """A reader message with its hints in this script's options (it speaks of read_series' arguments)."""
+    for arg, flag in (("target_cols=[...]", "--target-cols"), ("target_cols [", "--target-cols ["),
+                      ("time_col=", "--time-col "), ("missing=", "--missing ")):
+        message = message.replace(arg, flag)
+    return message.replace(", or pass a DataFrame with frame= instead", "")
+
+
 def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> list[dict[str, object]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", required=True, help="wide CSV: a date column and numeric columns")
@@ -307,6 +338,9 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     parser.add_argument("--json", type=Path, default=None, help="write the result rows here (a new file)")
     parser.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target-cols", nargs="+", default=None,
+                        help="the columns to forecast (default: every numeric column but the time column)")
+    parser.add_argument("--time-col", default=None, help="the time column (default: found by name or content)")
     parser.add_argument("--missing", default="error", choices=["error", "ffill", "interpolate", "ignore"],
                         help="gaps and NaNs in the CSV (SeriesDataModule's missing=)")
     parser.add_argument("--max-epochs", type=int, default=10)
@@ -345,6 +379,10 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
         bad = [v for v in values if not v >= least]  # `not >=` also catches a NaN
         if bad:
             parser.error(f"{flag} must be >= {least}, got {bad[0]}")
+    if not 0.0 <= args.ema_decay <= 1.0:
+        parser.error(f"--ema-decay must be in [0, 1], got {args.ema_decay}")
+    if not 0.0 <= args.gradient_clip < math.inf:
+        parser.error(f"--gradient-clip must be a finite number >= 0, got {args.gradient_clip}")
     if args.json is not None:
         try:
             check_new_file(args.json, "--json", args.overwrite)
@@ -354,25 +392,31 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
         hparams = parse_hparams(args.hparam)
     except ValueError as err:
         parser.error(f"--hparam {err}")
+    columns = {"time_col": args.time_col, "target_cols": args.target_cols}
     try:  # problems of the whole file fail here, not as a skipped horizon each
-        series = read_series(args.csv, missing=args.missing)
+        series = read_series(args.csv, missing=args.missing, **columns)
     except (ValueError, OSError) as err:
-        parser.error(f"--csv: {err}")
+        parser.error(f"--csv: {_for_this_script(str(err))}")
+    if args.split.startswith("ett-") and series.freq is not None:
+        meant = {"ett-hour": "h", "ett-minute": "15min"}[args.split]
+        if pd.tseries.frequencies.to_offset(series.freq) != pd.tseries.frequencies.to_offset(meant):
+            log.warning("--split %s takes the ETT row counts, meant for '%s' data; this file's frequency is '%s'",
+                        args.split, meant, series.freq)
+    period = args.period if args.period is not None else infer_period(series.freq)
     todo = ["ridge", *(n for n in names if n != "ridge")]  # the reference first, for mse_vs_ridge
     for name, values in hparams.items():
         cls = model_class(name)
-        if cls is None:
-            continue
-        if problem := hparam_problem(name, cls, values):
+        if cls is not None and (problem := hparam_problem(name, cls, values)):
             parser.error(f"--hparam {problem}")
-        if name in todo:  # built once now: a value its constructor rejects stops the run before any fit
-            period = args.period if args.period is not None else infer_period(series.freq)
-            try:
-                build_model(name, cls, series.n_channels, args.lookback, horizons[0], period, values)
-            except ModelError as err:
-                parser.error(f"--hparam {err}")
-        else:
+        if name not in todo:
             log.warning("--hparam for %s, which is not run (add --model %s)", name, name)
+    for name in todo:  # built now: what a constructor rejects (a value, the period) stops the run before any fit
+        cls = model_class(name)
+        for horizon in horizons if cls is not None else []:
+            try:
+                build_model(name, cls, series.n_channels, args.lookback, horizon, period, hparams.get(name, {}))
+            except ModelError as err:
+                parser.error(str(err))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -380,17 +424,19 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     dm = None
     for horizon in horizons:
         try:
-            dm = SeriesDataModule(
-                path=args.csv,
-                lookback=args.lookback,
-                horizon=horizon,
-                split=args.split,
-                period=args.period,
-                missing=args.missing,
-                batch_size=args.batch_size,
-            )
+            with _quiet_reader():  # what the reader had to say of the file it said above, once
+                dm = SeriesDataModule(
+                    path=args.csv,
+                    lookback=args.lookback,
+                    horizon=horizon,
+                    split=args.split,
+                    period=args.period,
+                    missing=args.missing,
+                    batch_size=args.batch_size,
+                    **columns,
+                )
         except ValueError as err:  # the file is good (read above): too short for this horizon; go on
-            emit(f"# horizon {horizon} skipped: {err}")
+            emit(f"# horizon {horizon} skipped: {_for_this_script(str(err))}")
             continue
         ridge_row = None
         errors: dict[str, torch.Tensor] = {}
@@ -402,8 +448,11 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
                 continue
             try:
                 row, errors[name] = run_one(name, cls, dm, args, hparams.get(name, {}))
-            except ModelError as err:  # a hyperparameter this horizon's model rejects
-                parser.exit(1, f"{parser.prog}: error: horizon {horizon}: --hparam {err}\n")
+            except ModelError as err:  # built up front, so only what this horizon's data changes
+                parser.exit(1, f"{parser.prog}: error: horizon {horizon}: {err}\n")
+            except ValueError as err:  # e.g. forecasts that are not finite: this model has no row here
+                emit(f"# {name} at horizon {horizon} failed, no row: {err}")
+                continue
             if name == "ridge":
                 ridge_row = row
             row["mse_vs_ridge"] = mse_ratio(row["test_mse"], ridge_row["test_mse"] if ridge_row else None)
@@ -415,7 +464,7 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
             log.info("%s", row)
             if args.verbose:
                 emit(json.dumps(row))
-    period = dm.period if dm is not None else args.period
+    period = dm.period if dm is not None else period
     emit(f"# {Path(args.csv).name}, split {args.split}, lookback {args.lookback}, period {period}, seed {args.seed}")
     if not rows:
         why = "every horizon was skipped (the lines above say why)" if dm is None else "no model was available"

@@ -182,7 +182,8 @@ def test_json_that_appears_during_the_run_is_not_replaced(csv, tmp_path, capsys:
     "hparam, expected",
     [
         ("ridge.alphaa=1.0", "ridge (Ridge) has no hyperparameter 'alphaa'; valid names: alpha,"),
-        ("ridge.alpha='abc'", "ridge (Ridge) with ridge.alpha='abc' could not be built"),
+        ("ridge.alpha='abc'", "--hparam ridge.alpha='abc' could not be built for lookback"),
+        ("ema.optimizer='adam'", "ema.optimizer takes an optimizer factory, which a command-line value cannot be"),
         ("ema.d_model='abc'", "(the types it takes: d_model: int)"),
         ("ridge.horizon=3", "ridge.horizon is set from --horizon"),
         ("ridge", "--hparam expects MODEL.NAME=VALUE"),
@@ -195,7 +196,42 @@ def test_bad_hparam_names_the_model_and_the_fix(hparam, expected, csv, no_fit, c
 
 def test_hparam_the_constructor_rejects_fails_up_front(csv, no_fit, capsys: pytest.CaptureFixture[str]):
     line = fails(["--csv", str(csv), *FAST, "--hparam", "ridge.quantiles=[0.5, 2.0]"], capsys)
-    assert "ridge (Ridge) with ridge.quantiles=[0.5, 2.0] could not be built" in line
+    assert "--hparam ridge.quantiles=[0.5, 2.0] could not be built" in line
+
+
+def test_a_model_the_data_rules_out_fails_before_any_fit(csv, no_fit, capsys: pytest.CaptureFixture[str]):
+    line = fails(["--csv", str(csv), *FAST, "--model", "phase-ridge", "--period", "48"], capsys)
+    assert "--model phase-ridge (PhaseRidge) could not be built for lookback 24, horizon 6, period 48" in line
+    assert "lookback (24) must be at least the period (48)" in line
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--ema-decay", "nan"], "--ema-decay must be in [0, 1], got nan"),
+    (["--ema-decay", "2"], "--ema-decay must be in [0, 1], got 2.0"),
+    (["--gradient-clip", "nan"], "--gradient-clip must be a finite number >= 0, got nan"),
+])
+def test_training_options_checked_up_front(extra, expected, csv, no_fit, capsys: pytest.CaptureFixture[str]):
+    assert fails(["--csv", str(csv), *FAST, "--model", "linear", *extra], capsys).endswith(expected)
+
+
+def test_columns_chosen_and_a_failed_model_reported(tmp_path: Path, wide_frame, monkeypatch, capsys):
+    path = tmp_path / "cols.csv"
+    wide_frame(n=300, channels=3).rename(columns={"date": "when"}).to_csv(path, index=False)
+    rows, lines = run(["--csv", str(path), *FAST, "--model", "naive", "--target-cols", "x0", "x2", "--time-col", "when"])
+    assert [r["model"] for r in rows] == ["ridge", "naive"]
+    line = fails(["--csv", str(path), *FAST, "--target-cols", "x0", "nope"], capsys)
+    assert "--target-cols" in line and "target_cols" not in line
+    real = ltsf.run_one
+
+    def fails_for_naive(name, *args):
+        if name == "naive":
+            raise ValueError("Naive forecast NaN or inf on test windows")
+        return real(name, *args)
+
+    monkeypatch.setattr(ltsf, "run_one", fails_for_naive)
+    rows, lines = run(["--csv", str(path), *FAST, "--model", "naive"])
+    assert [r["model"] for r in rows] == ["ridge"]
+    assert "# naive at horizon 6 failed, no row: Naive forecast NaN or inf on test windows" in lines
 
 
 def test_constant_series_gives_null_ratio_and_strict_json(tmp_path: Path, wide_frame):
