@@ -381,6 +381,9 @@ def test_error_numeric_time_column(tmp_path):
         ValueError, match=r"time column 'time' holds numbers.*pd\.to_datetime\(df\['time'\], unit='s'\)"
     ):
         read_series(path)
+    dated = _csv(tmp_path, "day,a\n20240130,1\n20240131,2\n20240201,3\n", "dated.csv")  # dates written as numbers
+    with pytest.raises(ValueError, match=r"holds numbers.*pd\.to_datetime\(df\['day'\], format='%Y%m%d'\)"):
+        read_series(dated, time_col="day")
 
 
 def test_error_no_time_column(tmp_path):

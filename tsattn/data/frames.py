@@ -345,9 +345,12 @@ def _parse_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
     if is_datetime64_any_dtype(raw):
         parsed = raw
     elif is_numeric_dtype(raw) or is_bool_dtype(raw):
+        first = raw.iloc[0]
+        dated = not is_bool_dtype(raw) and raw.between(1000_01_01, 9999_12_31).all() and (raw % 1 == 0).all()
+        how = "format='%Y%m%d'" if dated else "unit='s'"  # 20240131 is a date written as a number
         raise ValueError(
-            f"{where.name}: time column '{col}' holds numbers ({raw.iloc[0]!r} on {where.row(int(df[_ROW].iloc[0]))}), "
-            f"not timestamps. Convert it first, e.g. pd.to_datetime(df['{col}'], unit='s'), or pass the right "
+            f"{where.name}: time column '{col}' holds numbers ({first!r} on {where.row(int(df[_ROW].iloc[0]))}), "
+            f"not timestamps. Convert it first, e.g. pd.to_datetime(df['{col}'], {how}), or pass the right "
             "time_col."
         )
     else:
