@@ -353,6 +353,15 @@ def test_iso_times_with_mixed_offsets_read_in_utc(tmp_path):
     assert list(sf.frame["ds"]) == list(pd.date_range("2024-03-30 21:00", periods=3, freq="h"))
 
 
+def test_dates_with_offsets_stay_dates(tmp_path):
+    # local midnights across the change to summer time: in UTC 23:00, then 22:00, off any daily grid
+    days = pd.date_range("2024-03-28", periods=6, freq="D", tz="Europe/Berlin")
+    sf = read_series(_csv(tmp_path, "date,a\n" + _rows(range(6), [d.isoformat() for d in days])))
+    assert sf.freq == "D" and list(sf.frame["ds"]) == list(days.tz_localize(None))
+    frame = pd.DataFrame({"date": days, "a": np.arange(6.0)})  # a zone-aware column of a DataFrame alike
+    assert list(read_series(frame).frame["ds"]) == list(days.tz_localize(None))
+
+
 def test_error_empty_timestamp(tmp_path):
     times = HOURS[:2] + [""] + HOURS[3:6]
     path = _csv(tmp_path, "date,a\n" + _rows(range(6), times))

@@ -373,8 +373,28 @@ def _parse_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
                if zone else "")
         )
     if getattr(parsed.dt, "tz", None) is not None:
-        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)  # one clock for all rows
+        dates = _dates_with_offsets(raw)
+        if dates is not None:
+            log.info("%s: column '%s' holds dates (midnight in every row's own offset): read as dates", where.name, col)
+            parsed = dates
+        else:
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)  # one clock for all rows
     return parsed.dt.as_unit("ns")
+
+
+def _dates_with_offsets(raw: pd.Series) -> pd.Series | None:
+    """The calendar dates of times that carry a UTC offset or zone and are all at local midnight (daily or coarser
+    data, whose offsets change with daylight saving time, which UTC would move off the grid); else None."""
+    if is_datetime64_any_dtype(raw):
+        wall = raw.dt.tz_localize(None)
+    else:
+        text = raw.astype(str).str.strip().str.replace(r"(Z|[+-]\d{2}:?\d{2})$", "", regex=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wall = pd.to_datetime(text, format="mixed", errors="coerce")
+    if wall.isna().any() or not (wall == wall.dt.normalize()).all():
+        return None
+    return wall
 
 
 def _read_times(df: pd.DataFrame, col: str, where: _Where) -> pd.Series:
