@@ -21,6 +21,12 @@ def test_replaces_on_success_and_keeps_the_target_on_error(tmp_path) -> None:
         raise RuntimeError("write failed")
     assert target.read_text() == "first"
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.csv"]
+    folder = tmp_path / "metrics.json"  # a folder where the file should go: the error names the file, not the temp
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        write_json(folder, {"a": 1})
+    assert info.value.filename == str(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "sub"]
 
 
 def test_write_json_is_strict_and_refuses_to_replace_when_asked(tmp_path) -> None:

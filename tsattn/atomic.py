@@ -32,6 +32,10 @@ def atomic_path(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Pa
         if not replace and path.exists():
             raise FileExistsError(f"{path} exists and was kept; allow replacing it (--overwrite)")
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename not in (str(tmp), tmp) or err.errno is None:
+            raise
+        raise type(err)(err.errno, err.strerror, str(path)) from None  # the file asked for, not the temporary one
     finally:
         if tmp.exists():
             tmp.unlink()
