@@ -108,6 +108,31 @@ def test_explain_shapes(dm) -> None:
     assert 0 < float(out["trend_decay"]) < 1
 
 
+def test_explain_shows_what_forecasts_use(dm) -> None:
+    # in training mode (where Lightning leaves a model) the explanation is still the forecast's, and the mode stays
+    model = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, n_blocks=2, dropout=0.5,
+                                   **SMALL)
+    model.fit_closed_form(dm.train_dataloader())
+    batch = next(iter(dm.val_dataloader()))
+    model.train()
+    first, second = model.explain(batch), model.explain(batch)
+    assert model.training
+    for a, b in zip(first["attention"], second["attention"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(first["forecast"], model(batch["past"], batch["time_idx"]), rtol=0, atol=0)
+    # the window divided by its std (instance_norm) is what the attention reads: a scaled window, the same weights
+    norm = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, instance_norm=True,
+                                  random_features=0, **{k: v for k, v in SMALL.items() if k != "random_features"})
+    scaled = dict(batch, past=batch["past"] * 3.0)  # no cycle fitted: the input is the window minus its last value
+    for a, b in zip(norm.explain(batch)["attention"], norm.explain(scaled)["attention"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # the context is the window's last steps: token ends count in the whole window
+    short = EMAAttentionForecaster(dm.n_channels, LOOKBACK, HORIZON, period=dm.period, context=16, **SMALL)
+    assert short.explain(batch)["token_ends"][-1] == LOOKBACK - 1
+
+
 @pytest.mark.parametrize(
     "hparams",
     [

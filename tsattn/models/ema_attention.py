@@ -461,16 +461,20 @@ class EMAAttentionForecaster(Forecaster):
         (B * C, context): what the kernel ridge and the attention correction read."""
         return x[..., -self.context :].reshape(-1, self.context)
 
+    def _net_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B * C, context) -> what the attention network reads, and the scale of its output (B * C, 1): each
+        window divided by its std with ``instance_norm``, else as it is (scale 1)."""
+        if not self.instance_norm:
+            return x, x.new_ones(x.shape[0], 1)
+        scale = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
+        return x / scale, scale
+
     def forecast(self, past: Tensor, time_idx: Tensor | None) -> Tensor:
         """past (B, L, C), time_idx (B,) -> (B, H, C, Q)."""
         b = past.shape[0]
         x, linear, channels = self._parts(past, time_idx)
-        x = self._context(x)  # (B * C, context)
-        if self.instance_norm:
-            scale = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + 1e-5)  # (B * C, 1)
-            correction = self.net(x / scale, channels) * scale.unsqueeze(-1)  # (B * C, H, Q)
-        else:
-            correction = self.net(x, channels)  # (B * C, H, Q)
+        x, scale = self._net_input(self._context(x))  # (B * C, context), (B * C, 1)
+        correction = self.net(x, channels) * scale.unsqueeze(-1)  # (B * C, H, Q)
         correction = correction.view(b, self.n_channels, self.horizon, self.n_outputs).transpose(1, 2)  # (B, H, C, Q)
         if not (self.training or self.fitting):  # forecasts after the fit: the start and the trained model averaged
             correction = self.correction_weight * correction
@@ -619,20 +623,31 @@ class EMAAttentionForecaster(Forecaster):
         Returns a dict of:
             ``attention``: per block, weights (B, C, heads, tokens, window) over token offsets (0 = the token itself),
             ``trend``: the EMA trend of the attention input (B, context, C), in the scaled units of the series minus the
-            cycle and the window's last value (zeros without a trend split),
-            ``token_ends``: (tokens,) index of the last step of each token in the window,
+            cycle and the window's last value (divided by the window's std with ``instance_norm``; zeros without a
+            trend split),
+            ``token_ends``: (tokens,) index of the last step of each token in the lookback window (0 … lookback − 1),
             ``forecast``: (B, H, C[, Q]), ``closed_form``: (B, H, C) the cycle + ridge (+ kernel ridge) part,
             ``cycle`` (P, C), ``decays`` / ``half_lives``: per block (heads,), ``trend_decay``: the learned trend λ
             (or None).
         """
         past, time_idx = batch["past"], batch.get("time_idx")
         self._check_past(past)
+        was_training = self.training
+        self.eval()  # as forecasts are made: no dropout, the averaged correction
+        try:
+            with torch.no_grad():
+                return self._explain(past, time_idx)
+        finally:
+            self.train(was_training)
+
+    def _explain(self, past: Tensor, time_idx: Tensor | None) -> dict[str, Tensor]:
         b = past.shape[0]
         x, linear, channels = self._parts(past, time_idx)
-        x = self._context(x)
+        x, _ = self._net_input(self._context(x))
         _, weights, trend = self.net(x, channels, return_weights=True)
         shape = (b, self.n_channels)
-        ends = torch.arange(self.net.n_tokens) * self.net.patch_stride + self.net.patch_len - 1 - self.net.pad
+        first = self.lookback - self.context  # the context is the window's last steps
+        ends = first + torch.arange(self.net.n_tokens) * self.net.patch_stride + self.net.patch_len - 1 - self.net.pad
         blocks = [block.attn for block in self.net.blocks]
         return {
             "attention": [w.view(*shape, *w.shape[1:]) for w in weights],  # (B, C, heads, tokens, window)
