@@ -48,12 +48,12 @@ def test_step_signal_shapes_and_level():
         step_signal(10, 10)
 
 
-@pytest.mark.parametrize("decay", [0.3, 0.5, 0.8, 0.95])
+@pytest.mark.parametrize("decay", [0.3, 0.5, 0.8, 0.95, 0.5 ** (1 / 2), 0.5 ** (1 / 3)])  # whole half-lives too
 def test_step_lag_of_a_clean_ema_matches_the_half_life(decay):
     # clean unit step smoothed by an EMA: y = 1 - λ^(k+1) after the step, so it crosses 0.5 at k = ⌈hl⌉ - 1
     _, level = step_signal(400, 200, noise=0.0)
     y = ema(torch.tensor(level)[None, :, None], decay)[0, :, 0]
-    expected = max(np.ceil(np.log(0.5) / np.log(decay)) - 1, 0)
+    expected = max(np.ceil(np.log(0.5) / np.log(decay) - 1e-9) - 1, 0)  # a whole half-life: exactly at 0.5
     assert step_lag(y, 200, 0.0, 1.0) == expected
 
 
@@ -61,6 +61,8 @@ def test_step_lag_direction_batch_and_never():
     y = np.array([[5.0, 5.0, 4.0, 2.0, 1.0], [5.0, 5.0, 5.0, 5.0, 5.0]])  # a downward step at index 2
     np.testing.assert_array_equal(step_lag(y, 2, before=5.0, after=1.0), [1.0, np.nan])
     assert step_lag(y[0], 2, 5.0, 1.0, level=0.9) == 2.0
+    with pytest.raises(ValueError, match="step_at=5 must index a sample of the 5"):
+        step_lag(y, 5, 5.0, 1.0)
 
 
 def test_decay_tradeoff_matches_closed_forms():

@@ -100,14 +100,16 @@ def step_lag(smoothed: Any, step_at: int, before: float, after: float, level: fl
         level: share of the step to cover (0.5: crossing the midpoint).
 
     Returns:
-        (...) lag k ≥ 0 in steps (index ``step_at + k`` is the first one at or past the threshold; 0 for a signal
-        that follows the step at once), NaN where the threshold is never reached.
+        (...) lag k ≥ 0 in steps (index ``step_at + k`` is the first one at or past the threshold, to within 1e-9
+        of the step for rounding; 0 for a signal that follows the step at once), NaN where it is never reached.
     """
     y = _numpy(smoothed)
     if after == before:
         raise ValueError("before and after must differ")
+    if not 0 <= step_at < y.shape[-1]:
+        raise ValueError(f"step_at={step_at} must index a sample of the {y.shape[-1]} along the last axis")
     progress = (y[..., step_at:] - before) / (after - before)  # (..., T - step_at), 0 before, 1 after
-    crossed = progress >= level
+    crossed = progress >= level - 1e-9  # λ^k = 0.5 exactly at a whole half-life, a hair below in floating point
     lag = np.argmax(crossed, axis=-1).astype(np.float64)
     return np.where(crossed.any(axis=-1), lag, np.nan)
 
