@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    for flag, value in (("--repeats", args.repeats), ("--threads", args.threads), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
     dm = SeriesDataModule(
