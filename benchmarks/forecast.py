@@ -14,8 +14,8 @@ What runs, all in this one process, one after the other, on synthetic data writt
    per-step absolute and squared errors of each window.
 4. ``tsattn backtest``: :func:`tsattn.backtest.backtest` over the same 100 windows (no refit).
 
-Throughput is end to end (reading to writing), in series (or windows) per second; ``ratio`` is a phase's time
-over its baseline's. Memory: the peak resident set size (RSS) during each phase, sampled every 5 ms from
+Throughput is end to end (reading to writing), in series (or windows) per second; ``ratio`` is a phase's time per
+series (or window) over its baseline's. Memory: the peak resident set size (RSS) during each phase, sampled every 5 ms from
 ``/proc/self/statm`` by a thread (``resource.getrusage`` where /proc is missing, which only gives the process's
 high-water mark), shown as growth over the RSS at the phase's start (after ``gc.collect`` and glibc's ``malloc_trim``, with Arrow on the
 system allocator so that trimming reaches pandas' string buffers too): what the phase itself needed, not torch and pandas, which the process holds already. A second ``tsattn forecast`` run on a fifth of
