@@ -72,3 +72,11 @@ def test_draws_into_given_axes():
 def test_shape_errors(history, forecast, actual):
     with pytest.raises(ValueError):
         plot_forecast(np.zeros(history), np.zeros(forecast), None if actual is None else np.zeros(actual))
+
+
+def test_band_and_names_must_match_the_channels():
+    hist, fc = np.zeros((L, 2)), np.ones((H, 2))
+    with pytest.raises(ValueError, match=r"lower has shape \(4, 1\) but forecast has \(4, 2\)"):
+        plot_forecast(hist, fc, lower=np.zeros(H), upper=np.ones(H))
+    with pytest.raises(ValueError, match="channel_names has 1 names for 2 channels"):
+        plot_forecast(hist, fc, channel_names=["a"])

@@ -89,7 +89,12 @@ def plot_forecast(
         raise ValueError("give both `lower` and `upper`, or neither")
     if lower is not None:
         lower, upper = _as_2d(lower, "lower"), _as_2d(upper, "upper")
+        for name, band in (("lower", lower), ("upper", upper)):
+            if band.shape != fc.shape:
+                raise ValueError(f"{name} has shape {band.shape} but forecast has {fc.shape}")
         band_label = band_label or "interval"
+    if channel_names is not None and len(channel_names) != n_channels:
+        raise ValueError(f"channel_names has {len(channel_names)} names for {n_channels} channels")
 
     x_hist = np.arange(len(hist)) if history_index is None else history_index
     x_fc = np.arange(len(hist), len(hist) + n_steps) if forecast_index is None else forecast_index
