@@ -377,6 +377,19 @@ def test_missing_values_at_a_cutoff_are_filled_from_the_rows_before_it(tmp_path,
     np.testing.assert_array_equal(tables[0]["yhat"].to_numpy(), tables[1]["yhat"].to_numpy())
 
 
+@pytest.mark.parametrize("chunk", ["1", "500"])
+def test_ids_that_pandas_would_call_missing_are_ids(tmp_path, capsys, quantile_ckpt, chunk):
+    frame = make_long_frame((40, 41, 42), channels=1).rename(columns={"y0": "y"})
+    frame["id"] = frame["id"].map({"s0": "NA", "s1": "None", "s2": "null"})
+    frame.iloc[::2].to_csv(tmp_path / "na.csv", index=False)  # every other row, then the rest: ids not grouped
+    frame.iloc[1::2].to_csv(tmp_path / "na.csv", index=False, header=False, mode="a")
+    code, out, err = run(capsys, "--ckpt", quantile_ckpt, "--input", tmp_path / "na.csv", "--output",
+                         tmp_path / "f.csv", "--chunk-size", chunk)
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "f.csv", keep_default_na=False)
+    assert sorted(table["unique_id"].unique()) == ["NA", "None", "null"] and "skipped 0 series" in out
+
+
 def test_every_series_gets_its_own_plot(tmp_path, capsys, quantile_ckpt):
     ids = {"s0": "s 1", "s1": "s_1", "s2": "s/1", "s3": "x" * 300}  # names that used to clash, a long one
     frame = make_long_frame((40, 41, 42, 43), channels=1).rename(columns={"y0": "y"})

@@ -353,6 +353,15 @@ def test_iso_times_with_mixed_offsets_read_in_utc(tmp_path):
     assert list(sf.frame["ds"]) == list(pd.date_range("2024-03-30 21:00", periods=3, freq="h"))
 
 
+def test_ids_read_as_written(tmp_path):
+    # 'NA' and 'None' are ids (North America, a product line), not missing ones; a missing value stays one
+    text = "id,ds,y\n" + "".join(f"{uid},2024-01-0{d},{'NA' if (uid, d) == ('NA', 2) else d}\n"
+                                   for uid in ("NA", "None", "007") for d in range(1, 6))
+    sf = read_series(_csv(tmp_path, text, "ids.csv"), id_col="id", missing="ffill")
+    assert sorted(sf.frame["unique_id"].unique()) == ["007", "NA", "None"]
+    assert sf.frame.loc[sf.frame["unique_id"] == "NA", "y"].tolist() == [1.0, 1.0, 3.0, 4.0, 5.0]
+
+
 def test_dates_with_offsets_stay_dates(tmp_path):
     # local midnights across the change to summer time: in UTC 23:00, then 22:00, off any daily grid
     days = pd.date_range("2024-03-28", periods=6, freq="D", tz="Europe/Berlin")

@@ -54,7 +54,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from tsattn.atomic import atomic_path
-from tsattn.data import SeriesDataModule, read_series
+from tsattn.data import SeriesDataModule, id_csv_options, read_series
 from tsattn.forecast import (
     _REPORTED,
     ForecastError,
@@ -188,8 +188,9 @@ def _read_frames(
                            missing=ctx.missing, fill=False)
 
     if layout.long:
-        raw = source.copy() if is_frame else pd.read_csv(source, sep=_sep(Path(source)),
-                                                          dtype={layout.id_col: str}, low_memory=False)
+        sep = None if is_frame else _sep(Path(source))
+        raw = source.copy() if is_frame else pd.read_csv(source, sep=sep, low_memory=False,
+                                                          **id_csv_options(source, sep, layout.id_col))
         raw[layout.id_col] = raw[layout.id_col].fillna("")
         empty = (raw[layout.id_col] == "").to_numpy()
         if empty.any():

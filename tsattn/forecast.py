@@ -70,7 +70,14 @@ from pandas.tseries.frequencies import to_offset
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tsattn.atomic import atomic_path
-from tsattn.data import SeriesDataModule, not_text, read_series, require_pyarrow, separator_problem
+from tsattn.data import (
+    SeriesDataModule,
+    id_csv_options,
+    not_text,
+    read_series,
+    require_pyarrow,
+    separator_problem,
+)
 from tsattn.models.base import Forecaster
 from tsattn.models.registry import (
     OBJECT_HPARAMS,
@@ -405,7 +412,7 @@ def _scan_ids(path: Path, sep: str, id_col: str) -> tuple[list[str], list[int], 
     counts: list[int] = []
     where: dict[str, int] = {}
     grouped, last, empty = True, None, 0
-    reader = pd.read_csv(path, sep=sep, usecols=[id_col], dtype={id_col: str}, chunksize=_BLOCK_ROWS)
+    reader = pd.read_csv(path, sep=sep, usecols=[id_col], chunksize=_BLOCK_ROWS, **id_csv_options(path, sep, id_col))
     for block in reader:
         col = block[id_col].fillna("").to_numpy(dtype=object)
         if len(col) == 0:
@@ -524,7 +531,7 @@ class _RowReader:
 
     def __init__(self, path: str, sep: str, id_col: str) -> None:
         self._iter = iter(
-            pd.read_csv(path, sep=sep, dtype={id_col: str}, chunksize=_BLOCK_ROWS, low_memory=False)
+            pd.read_csv(path, sep=sep, chunksize=_BLOCK_ROWS, low_memory=False, **id_csv_options(path, sep, id_col))
         )
         self._block: pd.DataFrame | None = None
         self._block_start = 0
@@ -560,7 +567,8 @@ def _spill(path: str, sep: str, id_col: str, chunk_of: dict[str, int], directory
     """
     files: dict[int, Path] = {}
     row = 0
-    for block in pd.read_csv(path, sep=sep, dtype={id_col: str}, chunksize=_BLOCK_ROWS, low_memory=False):
+    options = id_csv_options(path, sep, id_col)
+    for block in pd.read_csv(path, sep=sep, chunksize=_BLOCK_ROWS, low_memory=False, **options):
         block = block.assign(__line__=np.arange(row, row + len(block)) + _ROW_TO_LINE)
         row += len(block)
         keys = block[id_col].fillna("").map(chunk_of)
@@ -960,7 +968,7 @@ class _ForecastWindows(IterableDataset):
             dest = spills[piece.path].get(k)
             if dest is None:
                 return pd.DataFrame(columns=[id_col]), np.zeros(0, dtype=np.int64)
-            raw = pd.read_csv(dest, dtype={id_col: str}, low_memory=False)
+            raw = pd.read_csv(dest, low_memory=False, **id_csv_options(dest, ",", id_col))
             lines = raw.pop("__line__").to_numpy()
             return raw, lines
         except (ValueError, OSError, pd.errors.ParserError) as err:

@@ -45,6 +45,7 @@ __all__ = [
     "SeriesFileNotFoundError",
     "check_length",
     "fill_gaps",
+    "id_csv_options",
     "infer_period",
     "not_text",
     "read_series",
@@ -184,8 +185,9 @@ def _load(
                 df = _index_as_columns(pd.read_parquet(path), time_col)  # a time index saved with the frame
                 where = _Where(path.name, is_file=False)
             else:
-                ids = {id_col: str} if id_col is not None else None  # ids as written ('007', not 7)
-                df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", low_memory=False, dtype=ids)
+                sep = "\t" if suffix == ".tsv" else ","
+                ids = id_csv_options(path, sep, id_col) if id_col is not None else {}  # as written: '007', 'NA'
+                df = pd.read_csv(path, sep=sep, low_memory=False, **ids)
         except pd.errors.EmptyDataError:
             raise ValueError(
                 f"{path.name}: the file is empty. Expected a header line (a time column and value columns) "
@@ -251,6 +253,19 @@ def _index_as_columns(df: pd.DataFrame, time_col: str | None) -> pd.DataFrame:
         df = df.reset_index(drop=True)
     df.columns = [str(c) for c in df.columns]
     return df
+
+
+# pandas' default strings for a missing value: NA, None, null ... are missing values, but ids as written
+_NA_STRINGS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+               "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+def id_csv_options(path: str | os.PathLike, sep: str, id_col: str) -> dict:
+    """``pd.read_csv`` options for a long file: ids read as written (only an empty field is a missing id, so 'NA'
+    or 'None' are ids), every other column with pandas' usual missing values."""
+    header = pd.read_csv(path, sep=sep, nrows=0).columns
+    na = {c: _NA_STRINGS for c in header if c != id_col}
+    return {"dtype": {id_col: str}, "keep_default_na": False, "na_values": {**na, id_col: [""]}}
 
 
 def require_pyarrow(path: str | os.PathLike) -> None:
