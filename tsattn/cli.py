@@ -85,6 +85,22 @@ def _class_path(name: str) -> str:
     return f"{cls.__module__}.{cls.__name__}"
 
 
+def _argument_problem(message: str) -> str | None:
+    """One line for a jsonargparse error about a value of the wrong type given to a model's or the data's argument
+    (``--model.quantiles [nan]``), or None: the option, what it expects and what it got."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)  # outer to inner: "model", "quantiles"
+    if len(keys) < 2:
+        return None
+    expected = [e for e in re.findall(r"Expected a (.+)$", message, re.M) if "NoneType" not in e]
+    if not expected:
+        return None
+    what = re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", expected[0])
+    given = re.findall(r"^\s*Given value: (.+)$", message, re.M)
+    if "Got value" not in what and given:
+        what += f" (given {given[0]})"
+    return f"--{'.'.join(keys)}: expected {what}"
+
+
 def _given_model(message: str) -> str | None:
     """The model name a jsonargparse error about the key ``model`` was given, if it says."""
     match = re.search(r"'class_path': '([\w.]+)'", message) or re.search(r"Given value: ([\w.]+)$", message, re.M)
@@ -96,6 +112,8 @@ class _Parser(LightningArgumentParser):
     choices)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if self.exit_on_error and not os.environ.get("TSATTN_DEBUG") and (problem := _argument_problem(message)):
+            _fail(problem)
         if self.exit_on_error and message.lstrip().startswith('Parser key "model"'):
             name = _given_model(message)
             if name:

@@ -66,6 +66,9 @@ class Forecaster(L.LightningModule):
             quantiles = sorted(float(q) for q in quantiles)
             if not quantiles or any(not 0.0 < q < 1.0 for q in quantiles):
                 raise ValueError(f"quantiles must be levels strictly between 0 and 1, got {quantiles!r}")
+            labels = [f"{q:g}" for q in quantiles]  # as the output columns name them: yhat_q<level>
+            if len(set(labels)) < len(labels):
+                raise ValueError(f"quantiles must be distinct levels (as written to 6 digits), got {quantiles!r}")
             if 0.5 not in quantiles:
                 nearest = min(quantiles, key=lambda q: abs(q - 0.5))
                 log.warning(
