@@ -1555,8 +1555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cutoffs", type=str, nargs="+", default=None,
                         help="Forecast from these timestamps (using rows up to each) instead of each series' end; a "
                              "cutoff whose last row is an earlier cutoff's is skipped and reported.")
-    parser.add_argument("--plot", type=str, default=None, help="Folder for one PNG per series (and cutoff), named by its id "
-                             "percent-encoded: series/column -> series%2Fcolumn.png.")
+    parser.add_argument("--plot", type=str, default=None,
+                        help="Folder for one PNG per series (and cutoff), named by its id percent-encoded: "
+                             "series/column -> series%2Fcolumn.png.")
     parser.add_argument("--chunk-size", type=int, default=500, help="Series read and predicted at a time.")
     parser.add_argument("--num-workers", type=int, default=0, help="Dataloader workers per rank (parse in parallel).")
     parser.add_argument("--skipped", type=str, default=None,
