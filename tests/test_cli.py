@@ -25,7 +25,7 @@ from tsattn.cli import TsattnCLI, _drop_lightning_tips, main
 from tsattn.data import SeriesDataModule
 from tsattn.forecast import load_checkpoint
 from tsattn.forecast import main as fc_main
-from tsattn.metrics import mean_se
+from tsattn.metrics import mean_se, pinball_loss
 from tsattn.models import Forecaster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,6 +271,22 @@ def test_checkpoint_that_would_run_code_is_refused(where, wide_csv, tmp_path, mo
         main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
               "--weights_only", "false"])
     assert "--weights_only false would let a checkpoint run code" in capsys.readouterr().err
+
+
+def test_quantile_fit_reports_pinball_and_coverage(wide_csv, tmp_path, capsys):
+    main(fit_args(wide_csv, tmp_path, "--model", "Linear", "--model.quantiles", "[0.1,0.5,0.9]"))
+    assert "pinball" in capsys.readouterr().out  # a column of the printed table
+    run = tmp_path / "version_0"
+    tested = json.loads((run / "metrics.json").read_text())["test"]["Linear"]
+    model = Forecaster.load_from_checkpoint(best_checkpoint(run), weights_only=True).eval()
+    dm = SeriesDataModule(path=wide_csv, lookback=24, horizon=6)
+    dm.setup("test")
+    with torch.no_grad():
+        batches = [(model(b["past"], b["time_idx"]), b["future"]) for b in dm.test_dataloader()]
+    pred, target = (torch.cat(x) for x in zip(*batches, strict=True))
+    assert tested["test/pinball"] == pytest.approx(float(pinball_loss(pred, target, [0.1, 0.5, 0.9])), rel=1e-4)
+    inside = ((target >= pred[..., 0]) & (target <= pred[..., -1])).double().mean()
+    assert tested["test/coverage"] == pytest.approx(float(inside), abs=1e-6)
 
 
 def test_closed_form_start_kept_when_training_hurts(wide_csv, tmp_path):

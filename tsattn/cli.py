@@ -62,7 +62,7 @@ __all__ = ["DEFAULT_MODEL", "EXTRA_COMMANDS", "TsattnCLI", "forecaster_class", "
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "EMAAttentionForecaster"
-METRICS = ("test/mse", "test/mae", "test/mae_orig")
+METRICS = ("test/mse", "test/mae", "test/mae_orig", "test/pinball", "test/coverage")  # the last two: quantiles
 
 #: Extra subcommands that ``main`` dispatches before LightningCLI parses anything: name -> a callable taking the
 #: remaining argv (returning an exit code or None), or a lazy ``"module:function"`` string of one (imported only
@@ -520,9 +520,10 @@ def _metrics_table(rows: dict[str, dict[str, Any]], lookback: int, horizon: int)
     """The test metrics of each model; with standard errors, also ``mse ± se`` and the paired difference of each
     model's MSE to the first row's, ``± se`` (``-`` where the test windows are too few to tell)."""
     with_se = any("test/mse_se" in metrics for metrics in rows.values())
+    shown = [m for m in METRICS if m in METRICS[:3] or any(m in metrics for metrics in rows.values())]
     title = (f"test metrics (lookback {lookback}, horizon {horizon}; mse/mae on scaled values, mae_orig in original "
              "units)")
-    header = f"{'model':<24}" + "".join(f" {m.split('/', 1)[1]:>11}" for m in METRICS)
+    header = f"{'model':<24}" + "".join(f" {m.split('/', 1)[1]:>11}" for m in shown)
     if with_se:
         title += "; mse_se: block bootstrap"
         header += f" {'mse_se':>8}"
@@ -531,7 +532,7 @@ def _metrics_table(rows: dict[str, dict[str, Any]], lookback: int, horizon: int)
             header += f" {'diff ± se':>22}"
     lines = [title, header, "-" * len(header)]
     for name, metrics in rows.items():
-        cells = "".join(f" {_number(metrics.get(m, math.nan)):>11}" for m in METRICS)
+        cells = "".join(f" {_number(metrics.get(m, math.nan)):>11}" for m in shown)
         if with_se:
             se, diff, diff_se = (metrics.get(k) for k in ("test/mse_se", "test/mse_diff", "test/mse_diff_se"))
             diff_text = "" if diff is None else _number(diff, "+") + ("" if diff_se is None else f" ± {_number(diff_se)}")

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from tsattn.metrics import PinballLoss, mae, mse
+from tsattn.metrics import PinballLoss, coverage, mae, mse, pinball_loss
 
 __all__ = ["Forecaster", "window_mse", "window_stats"]
 
@@ -218,6 +218,9 @@ class Forecaster(L.LightningModule):
             self.log(f"{stage}/mae", mae(point, target), batch_size=size)
         if stage == "test" and "scale" in batch:
             self.log("test/mae_orig", mae(point * batch["scale"], target * batch["scale"]), batch_size=size)
+        if stage == "test" and self.quantiles:  # (B, H, C, Q), levels sorted
+            self.log("test/pinball", pinball_loss(pred, target, self.quantiles), batch_size=size)
+            self.log("test/coverage", coverage(pred[..., 0], pred[..., -1], target), batch_size=size)
         return loss, point
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
